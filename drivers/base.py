@@ -1,0 +1,200 @@
+"""The seam between the kiosk and its hardware.
+
+Owns the events that devices put on the core's queue, the clock every device and the core share,
+the device error type, and the interfaces a coin acceptor and a dispenser implement. Devices never
+call the kiosk: they emit events, and the core thread services their deadlines.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import queue
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+
+class DeviceError(Exception):
+    """A device could not be opened or driven; the message names the device and its pin or port."""
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CoinAccepted:
+    value_cents: int
+    at: float
+
+
+@dataclass(frozen=True)
+class CoinRejected:
+    """A pulse train or frame the acceptor could not turn into coins (noise, unknown count)."""
+
+    reason: str
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True)
+class SelectPressed:
+    slot: int
+    at: float
+
+
+@dataclass(frozen=True)
+class CancelPressed:
+    at: float
+
+
+@dataclass(frozen=True)
+class DoorChanged:
+    is_open: bool
+    at: float
+
+
+class VendOutcome(enum.StrEnum):
+    DELIVERED = "delivered"
+    JAMMED = "jammed"
+    NO_DROP = "no_drop"
+    BLOCKED = "blocked"  # the drop sensor was already interrupted: nothing could be confirmed
+
+
+@dataclass(frozen=True)
+class VendFinished:
+    slot: int
+    outcome: VendOutcome
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True)
+class DeviceFault:
+    """A device fault raised (active) or cleared; `code` is stable, `detail` is for people."""
+
+    device: str
+    code: str
+    active: bool
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Wake:
+    """A device changed its deadlines from another thread: the core recomputes its wait."""
+
+    at: float
+
+
+Event = (
+    CoinAccepted
+    | CoinRejected
+    | SelectPressed
+    | CancelPressed
+    | DoorChanged
+    | VendFinished
+    | DeviceFault
+    | Wake
+)
+Emit = Callable[[Any], None]
+
+
+# --- clock --------------------------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    """Time for control logic (monotonic seconds), for records (UTC), and the core's wait."""
+
+    def monotonic(self) -> float: ...
+
+    def wall(self) -> datetime: ...
+
+    def wait(self, events: queue.Queue[Any], deadline: float | None) -> Any | None:
+        """Return the next event, or None once `deadline` (monotonic) has passed."""
+        ...
+
+
+class SystemClock:
+    """The machine's own clocks."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> datetime:
+        return datetime.now(UTC)
+
+    def wait(self, events: queue.Queue[Any], deadline: float | None) -> Any | None:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+# --- device interfaces --------------------------------------------------------------------------
+
+
+class Timed(ABC):
+    """A device with deadlines that the core thread services (no timer threads)."""
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def service(self, now: float) -> None:  # noqa: B027 - devices without deadlines keep it
+        """Act on every deadline at or before `now`; called from the core thread."""
+
+
+class CoinAcceptor(Timed):
+    """A coin acceptor: emits CoinAccepted, CoinRejected and DeviceFault events.
+
+    A back-end (pulse, ccTalk) is chosen by name from ACCEPTOR_DRIVERS. Its constructor takes
+    (settings, coins_cents, clock, emit, pin_factory); its settings class is a frozen dataclass the
+    configuration loader fills from the `[coin_acceptor]` section.
+    """
+
+    name: str
+
+    @abstractmethod
+    def start(self) -> None:
+        """Open the device and identify it; raises DeviceError. Coins stay inhibited."""
+
+    @abstractmethod
+    def set_accepting(self, accepting: bool) -> None:
+        """Enable or inhibit coin acceptance."""
+
+    @property
+    @abstractmethod
+    def is_accepting(self) -> bool: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Inhibit coins and release the device; idempotent."""
+
+    def __enter__(self) -> CoinAcceptor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# Back-ends by name, imported lazily: "module:Class" and its settings class.
+ACCEPTOR_DRIVERS: dict[str, tuple[str, str]] = {
+    "pulse": ("drivers.pulse:PulseCoinAcceptor", "drivers.pulse:PulseSettings"),
+}
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def acceptor_class(driver: str) -> type[CoinAcceptor]:
+    return _load(ACCEPTOR_DRIVERS[driver][0])  # type: ignore[no-any-return]
+
+
+def acceptor_settings_class(driver: str) -> type:
+    return _load(ACCEPTOR_DRIVERS[driver][1])  # type: ignore[no-any-return]

@@ -1,0 +1,108 @@
+"""The shopper's and technician's panel: selection and cancel buttons, door switch, slot LEDs and
+the two-line text display.
+
+Buttons and the door only emit events; LEDs and the display are outputs the core sets. The display
+interface keeps its two lines so the demo screen and tests can read what a shopper would see; the
+default back-end writes each change to the log (a character LCD back-end implements `_write`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gpiozero import LED, Button
+
+from drivers.base import CancelPressed, Clock, DeviceError, DoorChanged, Emit, SelectPressed
+
+log = logging.getLogger(__name__)
+
+
+class Panel:
+    """Buttons (one per slot plus cancel), the door switch and one LED per slot."""
+
+    def __init__(
+        self,
+        buttons: dict[int, int],
+        cancel_pin: int,
+        door_pin: int,
+        leds: dict[int, int],
+        clock: Clock,
+        emit: Emit,
+        pin_factory: Any = None,
+    ) -> None:
+        self._clock = clock
+        self._emit = emit
+        self._buttons: dict[int, Button] = {}
+        self._leds: dict[int, LED] = {}
+        self._cancel: Button | None = None
+        self._door: Button | None = None
+        try:
+            for slot, pin in buttons.items():
+                button = Button(pin, pull_up=True, pin_factory=pin_factory)
+                button.when_pressed = self._select_handler(slot)
+                self._buttons[slot] = button
+            self._cancel = Button(cancel_pin, pull_up=True, pin_factory=pin_factory)
+            self._cancel.when_pressed = self._on_cancel
+            # The door switch is held closed by the door: released (line high) means open.
+            self._door = Button(door_pin, pull_up=True, pin_factory=pin_factory)
+            self._door.when_released = self._on_door_open
+            self._door.when_pressed = self._on_door_closed
+            for slot, pin in leds.items():
+                self._leds[slot] = LED(pin, initial_value=False, pin_factory=pin_factory)
+        except Exception as err:  # gpiozero raises many unrelated types for a bad pin
+            self.close()
+            raise DeviceError(f"panel: {err}") from err
+
+    def _select_handler(self, slot: int) -> Any:
+        def pressed() -> None:
+            self._emit(SelectPressed(slot, self._clock.monotonic()))
+
+        return pressed
+
+    def _on_cancel(self) -> None:
+        self._emit(CancelPressed(self._clock.monotonic()))
+
+    def _on_door_open(self) -> None:
+        self._emit(DoorChanged(True, self._clock.monotonic()))
+
+    def _on_door_closed(self) -> None:
+        self._emit(DoorChanged(False, self._clock.monotonic()))
+
+    @property
+    def door_is_open(self) -> bool:
+        return self._door is not None and not self._door.is_pressed
+
+    def set_led(self, slot: int, lit: bool) -> None:
+        self._leds[slot].value = lit
+
+    def led_is_lit(self, slot: int) -> bool:
+        return bool(self._leds[slot].value)
+
+    def close(self) -> None:
+        for device in [*self._buttons.values(), *self._leds.values(), self._cancel, self._door]:
+            if device is not None:
+                device.close()
+        self._buttons.clear()
+        self._leds.clear()
+        self._cancel = self._door = None
+
+
+class TextDisplay:
+    """A two-line character display; lines longer than `columns` are cut."""
+
+    def __init__(self, columns: int = 20) -> None:
+        self.columns = columns
+        self.lines = ("", "")
+
+    def show(self, line1: str, line2: str = "") -> None:
+        lines = (line1[: self.columns], line2[: self.columns])
+        if lines != self.lines:
+            self.lines = lines
+            self._write(lines)
+
+    def _write(self, lines: tuple[str, str]) -> None:
+        log.info("display: %s | %s", *lines)
+
+    def close(self) -> None:
+        self.show("", "")

@@ -1,0 +1,209 @@
+"""Spiral (coil) dispenser: one motor and one home (cam) switch per slot, one drop sensor per bin.
+
+A vend turns the slot's motor until the cam switch leaves home and comes back (one revolution),
+then waits for the drop sensor to see the product fall. If nothing falls it turns once more (a
+product caught on the coil end), up to `retry_turns` times. The motor is switched off when the
+revolution ends, after `max_run_s` whatever happens, and on close. Outcomes are reported as a
+VendFinished event: delivered, jammed, no drop, or blocked (the drop sensor was interrupted before
+the vend began, so a drop could not be confirmed).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from gpiozero import Button, DigitalInputDevice, DigitalOutputDevice
+
+from drivers.base import Clock, DeviceError, DeviceFault, Emit, Timed, VendFinished, VendOutcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpiralPins:
+    motor_pin: int
+    home_pin: int
+
+
+class _Phase(enum.Enum):
+    IDLE = enum.auto()
+    TURNING = enum.auto()
+    AWAIT_DROP = enum.auto()
+
+
+class SpiralDispenser(Timed):
+    """The slots' spirals and the shared drop sensor."""
+
+    def __init__(
+        self,
+        slots: dict[int, SpiralPins],
+        drop_pin: int,
+        clock: Clock,
+        emit: Emit,
+        *,
+        max_run_s: float,
+        drop_wait_s: float,
+        retry_turns: int,
+        pin_factory: Any = None,
+    ) -> None:
+        self._clock = clock
+        self._emit = emit
+        self._max_run_s = max_run_s
+        self._drop_wait_s = drop_wait_s
+        self._retry_turns = retry_turns
+        self._lock = threading.Lock()
+        self._motors: dict[int, DigitalOutputDevice] = {}
+        self._homes: dict[int, Button] = {}
+        self._drop: DigitalInputDevice | None = None
+        self._phase = _Phase.IDLE
+        self._slot = 0
+        self._turns = 0
+        self._left_home = False
+        self._dropped = False
+        self._deadline: float | None = None
+        self._blocked_reported = False
+        try:
+            for slot, pins in slots.items():
+                self._motors[slot] = DigitalOutputDevice(
+                    pins.motor_pin, initial_value=False, pin_factory=pin_factory
+                )
+                self._homes[slot] = Button(pins.home_pin, pull_up=True, pin_factory=pin_factory)
+                self._homes[slot].when_released = self._on_left_home
+                self._homes[slot].when_pressed = self._on_home
+            self._drop = DigitalInputDevice(drop_pin, pull_up=True, pin_factory=pin_factory)
+        except Exception as err:  # gpiozero raises many unrelated types for a bad pin
+            self.close()
+            raise DeviceError(f"spiral dispenser: {err}") from err
+        self._drop.when_activated = self._on_drop
+        self._drop.when_deactivated = self._on_drop_clear
+
+    @property
+    def busy(self) -> bool:
+        return self._phase is not _Phase.IDLE
+
+    def motor_is_on(self, slot: int) -> bool:
+        return bool(self._motors[slot].value)
+
+    @property
+    def drop_sensor_blocked(self) -> bool:
+        return self._drop is not None and self._drop.is_active
+
+    def vend(self, slot: int) -> None:
+        """Start dispensing one product from `slot`; the outcome arrives as a VendFinished."""
+        now = self._clock.monotonic()
+        with self._lock:
+            if self._phase is not _Phase.IDLE:
+                raise DeviceError(f"spiral dispenser: slot {self._slot} is still vending")
+            if self.drop_sensor_blocked:
+                self._blocked_reported = True
+                blocked = True
+            else:
+                blocked = False
+                self._slot, self._turns, self._dropped = slot, 0, False
+                self._start_turn(now)
+        if blocked:
+            detail = "drop sensor interrupted before the vend"
+            self._emit(DeviceFault("drop_sensor", "blocked", True, detail, now))
+            self._emit(VendFinished(slot, VendOutcome.BLOCKED, detail, now))
+
+    def _start_turn(self, now: float) -> None:
+        self._phase = _Phase.TURNING
+        self._left_home = not self._homes[self._slot].is_pressed
+        self._deadline = now + self._max_run_s
+        self._motors[self._slot].on()
+        log.debug("slot %d: motor on (turn %d)", self._slot, self._turns + 1)
+
+    def _on_left_home(self, button: Button) -> None:
+        with self._lock:
+            if self._phase is _Phase.TURNING and button is self._homes[self._slot]:
+                self._left_home = True
+
+    def _on_home(self, button: Button) -> None:
+        now = self._clock.monotonic()
+        with self._lock:
+            if not (self._phase is _Phase.TURNING and button is self._homes[self._slot]):
+                return
+            if not self._left_home:
+                return
+            self._motors[self._slot].off()
+            self._turns += 1
+            if self._dropped:
+                finished = self._finish(VendOutcome.DELIVERED, "dropped during the turn", now)
+            else:
+                self._phase = _Phase.AWAIT_DROP
+                self._deadline = now + self._drop_wait_s
+                finished = None
+        self._report(finished)
+
+    def _on_drop(self) -> None:
+        now = self._clock.monotonic()
+        with self._lock:
+            if self._phase is _Phase.IDLE:
+                return
+            self._dropped = True
+            finished = None
+            if self._phase is _Phase.AWAIT_DROP:
+                finished = self._finish(
+                    VendOutcome.DELIVERED, f"dropped after {self._turns} turn(s)", now
+                )
+        self._report(finished)
+
+    def _on_drop_clear(self) -> None:
+        with self._lock:
+            cleared, self._blocked_reported = self._blocked_reported, False
+        if cleared:
+            now = self._clock.monotonic()
+            self._emit(DeviceFault("drop_sensor", "blocked", False, "drop sensor clear", now))
+
+    def next_deadline(self) -> float | None:
+        return self._deadline
+
+    def service(self, now: float) -> None:
+        with self._lock:
+            if self._deadline is None or now < self._deadline:
+                return
+            finished = None
+            if self._phase is _Phase.TURNING:
+                self._motors[self._slot].off()
+                finished = self._finish(
+                    VendOutcome.JAMMED, f"not home after {self._max_run_s:g} s; motor stopped", now
+                )
+            elif self._phase is _Phase.AWAIT_DROP:
+                if self._turns <= self._retry_turns:
+                    self._start_turn(now)
+                else:
+                    finished = self._finish(
+                        VendOutcome.NO_DROP, f"no drop after {self._turns} turn(s)", now
+                    )
+        self._report(finished)
+
+    def _finish(self, outcome: VendOutcome, detail: str, now: float) -> VendFinished:
+        self._phase = _Phase.IDLE
+        self._deadline = None
+        return VendFinished(self._slot, outcome, detail, now)
+
+    def _report(self, finished: VendFinished | None) -> None:
+        if finished is not None:
+            log.info("slot %d: %s (%s)", finished.slot, finished.outcome, finished.detail)
+            self._emit(finished)
+
+    def stop_all(self) -> None:
+        """Every motor off and any vend abandoned: the safe state."""
+        with self._lock:
+            for motor in self._motors.values():
+                motor.off()
+            self._phase = _Phase.IDLE
+            self._deadline = None
+
+    def close(self) -> None:
+        self.stop_all()
+        for device in [*self._motors.values(), *self._homes.values(), self._drop]:
+            if device is not None:
+                device.close()
+        self._motors.clear()
+        self._homes.clear()
+        self._drop = None

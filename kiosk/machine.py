@@ -1,0 +1,131 @@
+"""The kiosk's state machine: the states and the transition table are the readable spec.
+
+Triggers are verbs the core fires from its one thread. "Settling" triggers (ready, vend_done,
+close_door, recover) pick their destination from the model's conditions, first match wins:
+door open -> maintenance, a blocking fault or nothing to sell -> out_of_service,
+credit left -> credit, else idle.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Any
+
+from transitions import Machine
+
+
+class State(enum.StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    CREDIT = "credit"
+    VENDING = "vending"
+    OUT_OF_SERVICE = "out_of_service"
+    MAINTENANCE = "maintenance"
+
+
+S = State
+
+
+def _settle(trigger: str, source: list[State], *, door: bool) -> list[dict[str, Any]]:
+    branches: list[tuple[State, str | None]] = [
+        (S.OUT_OF_SERVICE, "is_blocked"),
+        (S.CREDIT, "has_credit"),
+        (S.IDLE, None),
+    ]
+    if door:
+        branches.insert(0, (S.MAINTENANCE, "door_is_open"))
+    return [
+        {"trigger": trigger, "source": source, "dest": dest}
+        | ({"conditions": condition} if condition else {})
+        for dest, condition in branches
+    ]
+
+
+TRANSITIONS: list[dict[str, Any]] = [
+    *_settle("ready", [S.STARTING], door=True),
+    {"trigger": "insert_coin", "source": S.IDLE, "dest": S.CREDIT},
+    {"trigger": "select", "source": S.CREDIT, "dest": S.VENDING},
+    *_settle("vend_done", [S.VENDING], door=True),
+    {"trigger": "donate", "source": S.CREDIT, "dest": S.IDLE},
+    {"trigger": "open_door", "source": [S.IDLE, S.CREDIT, S.OUT_OF_SERVICE], "dest": S.MAINTENANCE},
+    *_settle("close_door", [S.MAINTENANCE], door=False),
+    {"trigger": "fault", "source": [S.IDLE, S.CREDIT], "dest": S.OUT_OF_SERVICE},
+    *_settle("recover", [S.OUT_OF_SERVICE], door=False),
+    {"trigger": "halt", "source": "*", "dest": S.OUT_OF_SERVICE},
+]
+
+# Coins are enabled only where a shopper may be adding credit.
+ACCEPTING = frozenset({S.IDLE, S.CREDIT})
+
+
+class KioskModel:
+    """What the conditions read; the core keeps it current. `on_enter` runs after each change."""
+
+    state: State
+
+    def __init__(self, on_enter: Callable[[State], None] = lambda state: None) -> None:
+        self.door_open = False
+        self.faults: set[str] = set()
+        self.sellable = True
+        self.credit_cents = 0
+        self._on_enter = on_enter
+
+    def door_is_open(self) -> bool:
+        return self.door_open
+
+    def is_blocked(self) -> bool:
+        return bool(self.faults) or not self.sellable
+
+    def has_credit(self) -> bool:
+        return self.credit_cents > 0
+
+    def entered(self) -> None:
+        self._on_enter(State(self.state))
+
+    # Triggers, added by the machine; declared for type checkers.
+    ready: Callable[[], bool]
+    insert_coin: Callable[[], bool]
+    select: Callable[[], bool]
+    vend_done: Callable[[], bool]
+    donate: Callable[[], bool]
+    open_door: Callable[[], bool]
+    close_door: Callable[[], bool]
+    fault: Callable[[], bool]
+    recover: Callable[[], bool]
+    halt: Callable[[], bool]
+
+
+def build(model: KioskModel) -> Machine:
+    return Machine(
+        model=model,
+        states=list(State),
+        transitions=TRANSITIONS,
+        initial=S.STARTING,
+        queued=True,
+        auto_transitions=False,
+        after_state_change="entered",
+    )
+
+
+def mermaid() -> str:
+    """The machine as a plain mermaid state diagram, drawn from the machine itself."""
+    from transitions.extensions import GraphMachine
+
+    graph = GraphMachine(
+        model=KioskModel(),
+        states=list(State),
+        transitions=TRANSITIONS,
+        initial=S.STARTING,
+        auto_transitions=False,
+        graph_engine="mermaid",
+        show_conditions=True,
+    )
+    source = graph.get_graph().draw(None)
+    keep = [
+        line
+        for line in source.splitlines()
+        if line.strip() and not re.match(r"\s*(classDef|Class|---|title:)", line)
+    ]
+    return "\n".join(line for line in keep if line.strip() != graph.title) + "\n"

@@ -1,0 +1,168 @@
+"""Read-only views of the ledger: the invariant checks behind `kiosk verify`, and totals.
+
+Invariants:
+- money: coins accepted = sales + donations + open credit, and every credit session's balance
+  equals its coins less its sales and donations;
+- cash box: coins since the last collection = cash box content, per denomination;
+- stock: per slot, last count + refills since - sales since = stock now, never below zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlite_utils import Database
+
+
+@dataclass
+class Check:
+    name: str
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+def _scalar(db: Database, sql: str, params: Any = ()) -> int:
+    return int(db.execute(sql, params).fetchone()[0] or 0)
+
+
+def check_money(db: Database) -> Check:
+    check = Check("money")
+    coins = _scalar(db, "SELECT sum(value_cents) FROM coins")
+    sales = _scalar(db, "SELECT sum(price_cents) FROM sales")
+    donations = _scalar(db, "SELECT sum(amount_cents) FROM donations")
+    open_credit = _scalar(db, "SELECT sum(balance_cents) FROM credit_sessions")
+    if coins != sales + donations + open_credit:
+        check.differences.append(
+            f"coins {coins} c != sales {sales} c + donations {donations} c "
+            f"+ open credit {open_credit} c"
+        )
+    rows = db.execute(
+        """
+        SELECT s.id, s.balance_cents, s.closed_at,
+            (SELECT coalesce(sum(value_cents), 0) FROM coins WHERE session_id = s.id),
+            (SELECT coalesce(sum(price_cents), 0) FROM sales WHERE session_id = s.id),
+            (SELECT coalesce(sum(amount_cents), 0) FROM donations WHERE session_id = s.id)
+        FROM credit_sessions s
+        """
+    )
+    for session, balance, closed_at, paid, spent, given in rows:
+        if paid - spent - given != balance:
+            check.differences.append(
+                f"credit session {session}: coins {paid} - sales {spent} - donations {given} "
+                f"!= balance {balance}"
+            )
+        if closed_at is not None and balance != 0:
+            check.differences.append(f"credit session {session}: closed with {balance} c left")
+    open_sessions = _scalar(db, "SELECT count(*) FROM credit_sessions WHERE closed_at IS NULL")
+    if open_sessions > 1:
+        check.differences.append(f"{open_sessions} credit sessions open at once")
+    return check
+
+
+def check_cashbox(db: Database) -> Check:
+    check = Check("cash box")
+    since = _scalar(db, "SELECT coalesce(max(last_coin_id), 0) FROM collections")
+    counted = dict(
+        db.execute(
+            "SELECT value_cents, count(*) FROM coins WHERE id > ? GROUP BY value_cents", [since]
+        ).fetchall()
+    )
+    content = dict(db.execute("SELECT value_cents, count FROM cashbox").fetchall())
+    for value in sorted(set(counted) | set(content)):
+        if counted.get(value, 0) != content.get(value, 0):
+            check.differences.append(
+                f"{value} c coins: {counted.get(value, 0)} accepted since the last collection, "
+                f"{content.get(value, 0)} in the cash box"
+            )
+    return check
+
+
+def check_stock(db: Database) -> Check:
+    check = Check("stock")
+    for slot, quantity in db.execute("SELECT slot, quantity FROM stock ORDER BY slot"):
+        last = db.execute(
+            "SELECT id, quantity, last_sale_id FROM stock_counts WHERE slot = ? AND kind = 'count' "
+            "ORDER BY id DESC LIMIT 1",
+            [slot],
+        ).fetchone()
+        if last is None:
+            check.differences.append(f"slot {slot}: never counted")
+            continue
+        count_id, counted, last_sale = last
+        refills = _scalar(
+            db,
+            "SELECT sum(quantity) FROM stock_counts WHERE slot = ? AND kind = 'refill' AND id > ?",
+            [slot, count_id],
+        )
+        sold = _scalar(db, "SELECT count(*) FROM sales WHERE slot = ? AND id > ?", [slot, last_sale])
+        expected = counted + refills - sold
+        if expected != quantity:
+            check.differences.append(
+                f"slot {slot}: count {counted} + refills {refills} - sales {sold} = {expected}, "
+                f"stock says {quantity}"
+            )
+        if quantity < 0:
+            check.differences.append(f"slot {slot}: stock below zero ({quantity})")
+    return check
+
+
+def verify(db: Database) -> list[Check]:
+    return [check_money(db), check_cashbox(db), check_stock(db)]
+
+
+@dataclass(frozen=True)
+class Totals:
+    coins_by_value: dict[int, int]
+    coins_cents: int
+    sales: int
+    sales_cents: int
+    donations: int
+    donations_cents: int
+    open_credit_cents: int
+    vends_by_outcome: dict[str, int]
+    events_by_kind: dict[str, int]
+
+
+def totals(db: Database) -> Totals:
+    coins = dict(
+        db.execute("SELECT value_cents, count(*) FROM coins GROUP BY value_cents").fetchall()
+    )
+    return Totals(
+        coins_by_value=coins,
+        coins_cents=sum(v * n for v, n in coins.items()),
+        sales=_scalar(db, "SELECT count(*) FROM sales"),
+        sales_cents=_scalar(db, "SELECT sum(price_cents) FROM sales"),
+        donations=_scalar(db, "SELECT count(*) FROM donations"),
+        donations_cents=_scalar(db, "SELECT sum(amount_cents) FROM donations"),
+        open_credit_cents=_scalar(db, "SELECT sum(balance_cents) FROM credit_sessions"),
+        vends_by_outcome=dict(
+            db.execute("SELECT outcome, count(*) FROM vends GROUP BY outcome").fetchall()
+        ),
+        events_by_kind=dict(
+            db.execute("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind").fetchall()
+        ),
+    )
+
+
+def recent_events(db: Database, limit: int = 5) -> list[tuple[str, str, int | None, str]]:
+    """The newest ledger lines of any kind (coins, sales, donations, events), newest first."""
+    return [
+        tuple(row)  # type: ignore[misc]
+        for row in db.execute(
+            """
+            SELECT at, what, slot, detail FROM (
+                SELECT id, at, 'coin' AS what, NULL AS slot, value_cents || ' c' AS detail, 1 AS k
+                    FROM coins
+                UNION ALL SELECT id, at, 'sale', slot, product || ' ' || price_cents || ' c', 2
+                    FROM sales
+                UNION ALL SELECT id, at, 'donation', NULL, amount_cents || ' c', 3 FROM donations
+                UNION ALL SELECT id, at, kind, slot, detail, 4 FROM events
+            ) ORDER BY at DESC, k DESC, id DESC LIMIT ?
+            """,
+            [limit],
+        )
+    ]

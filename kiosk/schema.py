@@ -1,0 +1,148 @@
+"""The ledger's schema as numbered migrations, and the connection settings every opener applies.
+
+A migration is applied once, in order, inside one transaction, and recorded in `migrations`.
+Money is integer cents; times are UTC ISO-8601 text.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from kiosk.errors import LedgerError
+
+BUSY_TIMEOUT_MS = 5000
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "coins, credit, vends, sales, stock, cash box, donations, events",
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE credit_sessions (
+            id INTEGER PRIMARY KEY,
+            opened_at TEXT NOT NULL,
+            closed_at TEXT,
+            balance_cents INTEGER NOT NULL CHECK (balance_cents >= 0),
+            close_reason TEXT
+        );
+        CREATE UNIQUE INDEX one_open_credit ON credit_sessions ((closed_at IS NULL))
+            WHERE closed_at IS NULL;
+        CREATE TABLE coins (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            session_id INTEGER NOT NULL REFERENCES credit_sessions(id),
+            value_cents INTEGER NOT NULL CHECK (value_cents > 0)
+        );
+        CREATE TABLE stock (
+            slot INTEGER PRIMARY KEY,
+            product TEXT NOT NULL,
+            price_cents INTEGER NOT NULL CHECK (price_cents > 0),
+            quantity INTEGER NOT NULL CHECK (quantity >= 0),
+            capacity INTEGER NOT NULL CHECK (capacity > 0),
+            enabled INTEGER NOT NULL DEFAULT 1,
+            fault TEXT,
+            needs_recount INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE stock_counts (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            slot INTEGER NOT NULL REFERENCES stock(slot),
+            kind TEXT NOT NULL CHECK (kind IN ('count', 'refill')),
+            quantity INTEGER NOT NULL,
+            last_sale_id INTEGER NOT NULL,
+            actor TEXT NOT NULL
+        );
+        CREATE TABLE vends (
+            id INTEGER PRIMARY KEY,
+            session_id INTEGER NOT NULL REFERENCES credit_sessions(id),
+            slot INTEGER NOT NULL REFERENCES stock(slot),
+            price_cents INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            outcome TEXT NOT NULL DEFAULT 'pending',
+            detail TEXT
+        );
+        CREATE TABLE sales (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            vend_id INTEGER NOT NULL UNIQUE REFERENCES vends(id),
+            session_id INTEGER NOT NULL REFERENCES credit_sessions(id),
+            slot INTEGER NOT NULL REFERENCES stock(slot),
+            product TEXT NOT NULL,
+            price_cents INTEGER NOT NULL CHECK (price_cents > 0)
+        );
+        CREATE TABLE donations (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            session_id INTEGER NOT NULL REFERENCES credit_sessions(id),
+            amount_cents INTEGER NOT NULL CHECK (amount_cents > 0),
+            beneficiary TEXT NOT NULL
+        );
+        CREATE TABLE cashbox (
+            value_cents INTEGER PRIMARY KEY,
+            count INTEGER NOT NULL CHECK (count >= 0)
+        );
+        CREATE TABLE collections (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            last_coin_id INTEGER NOT NULL,
+            actor TEXT NOT NULL
+        );
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            slot INTEGER,
+            detail TEXT NOT NULL DEFAULT '',
+            actor TEXT NOT NULL DEFAULT 'kiosk'
+        );
+        """,
+    ),
+]
+
+
+def connect(path: str | Path, *, read_only: bool = False) -> Database:
+    """Open the ledger with the durability settings every connection needs."""
+    try:
+        if read_only:
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+        else:
+            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
+        db = Database(conn)
+        if not read_only:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA journal_size_limit=4194304")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    except sqlite3.Error as err:
+        raise LedgerError(f"ledger {path}: cannot open: {err}") from err
+    return db
+
+
+def migrate(db: Database) -> int:
+    """Apply the migrations not yet recorded; return the schema version."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS migrations "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    done = {row["version"] for row in db.query("SELECT version FROM migrations")}
+    for version, name, sql in MIGRATIONS:
+        if version in done:
+            continue
+        with db.atomic():
+            for statement in filter(str.strip, sql.split(";")):
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO migrations VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                [version, name],
+            )
+    newest = max(v for v, _, _ in MIGRATIONS)
+    if done and max(done) > newest:
+        raise LedgerError(f"ledger schema version {max(done)} is newer than this kiosk ({newest})")
+    return newest

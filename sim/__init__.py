@@ -1,0 +1,1 @@
+"""The world outside the kiosk's wires: simulated time, pins, coins, spirals and shoppers."""

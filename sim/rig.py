@@ -1,0 +1,70 @@
+"""A whole kiosk on the simulator: the real core, ledger and drivers wired to the simulated world.
+
+Used by `kiosk demo`, the tests and the benchmarks. `restarted()` abandons the running core as a
+power cut would (nothing flushed beyond what the ledger already committed) and starts a new one on
+the same ledger file and the same physical world.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+from pathlib import Path
+from typing import Any
+
+from kiosk.config import Config
+from kiosk.core import Controller
+from kiosk.hardware import Hardware, build_hardware
+from kiosk.ledger import Ledger
+from sim.clock import SimClock
+from sim.world import World
+
+
+class SimKiosk:
+    def __init__(self, config: Config, db_path: str | Path, *, start: bool = True,
+                 world: World | None = None, clock: SimClock | None = None) -> None:
+        self.config = config
+        self.db_path = str(db_path)
+        self.clock = clock or SimClock()
+        self.world = world or World(config, self.clock)
+        self.events: queue.Queue[Any] = queue.Queue()
+        self.hardware: Hardware = build_hardware(
+            config, self.clock, self.events.put, self.world.factory
+        )
+        self.ledger = Ledger(self.db_path, self.clock.wall)
+        self.controller = Controller(config, self.ledger, self.hardware, self.clock, self.events)
+        if start:
+            self.controller.start()
+
+    @property
+    def display(self) -> tuple[str, str]:
+        return self.hardware.display.lines
+
+    def run_for(self, seconds: float) -> None:
+        """Run the kiosk and the world for `seconds` of simulated time."""
+        self.clock.horizon = self.clock.now + seconds
+        self.clock.exhausted = False
+        self.controller.run(until=self._reached_horizon)
+        self.clock.now = max(self.clock.now, self.clock.horizon)  # idle time passes too
+        self.clock.horizon = math.inf
+
+    def run_until_quiet(self, limit_s: float = 24 * 3600) -> None:
+        """Run until nothing is scheduled and the kiosk waits on no deadline (or `limit_s`)."""
+        self.clock.horizon = self.clock.now + limit_s
+        self.clock.exhausted = False
+        self.controller.run(until=self._reached_horizon)
+        self.clock.horizon = math.inf
+
+    def _reached_horizon(self) -> bool:
+        done = self.clock.exhausted or self.clock.now >= self.clock.horizon
+        return done and self.events.empty()
+
+    def restarted(self) -> SimKiosk:
+        """Power cut, then a new kiosk on the same ledger and world; the motors stop, and only
+        what the ledger had committed survives."""
+        self.close()
+        return SimKiosk(self.config, self.db_path, world=self.world, clock=self.clock)
+
+    def close(self) -> None:
+        self.hardware.close()
+        self.ledger.close()
