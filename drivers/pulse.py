@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 WIDTH_MIN = 0.6  # accepted pulse width window, as a fraction of the configured width
 WIDTH_MAX = 1.6
+ISOLATED = 1.5  # a pulse this many typical periods from its neighbour is not part of the train
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class PulseDecoder:
         self.active = False  # a train is in progress
         self._low_since: float | None = None
         self._last_edge = 0.0
-        self._count = 0
+        self._starts: list[float] = []  # start time of each valid pulse
         self._glitches = 0
         self._bad = ""
 
@@ -111,7 +112,7 @@ class PulseDecoder:
         elif width > self._max_s:
             self._bad = self._bad or f"pulse of {width * 1000:.0f} ms"
         else:
-            self._count += 1
+            self._starts.append(at - width)
 
     def next_deadline(self) -> float | None:
         if not self.active:
@@ -127,7 +128,8 @@ class PulseDecoder:
             return None
         if self._low_since is not None:
             self._bad = "line held low"
-        count, glitches, bad = self._count, self._glitches, self._bad
+        starts, glitches, bad = self._starts, self._glitches, self._bad
+        count = len(starts)
         self._reset()
         if bad:
             return Train(count, (), bad, glitches)
@@ -136,9 +138,21 @@ class PulseDecoder:
         if count == 1:
             return Train(1, (), "single pulse (noise)", glitches)
         coins = self._split(count)
+        if coins is None and self._isolated_end_pulse(starts):
+            coins = self._split(count - 1)  # a noise pulse just before or after a coin's train
         if coins is None:
             return Train(count, (), f"{count} pulses match no coin", glitches)
         return Train(count, coins, "", glitches)
+
+    @staticmethod
+    def _isolated_end_pulse(starts: list[float]) -> bool:
+        """True when the first or last pulse stands apart from an otherwise regular train."""
+        if len(starts) < 3:
+            return False
+        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        inner = sorted(gaps[1:-1]) or [min(gaps)]
+        typical = inner[len(inner) // 2]
+        return max(gaps[0], gaps[-1]) > ISOLATED * typical
 
     def _split(self, count: int) -> tuple[int, ...] | None:
         """Coins whose pulse counts add up to `count`, fewest coins first (a merged train)."""

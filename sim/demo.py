@@ -1,0 +1,195 @@
+"""`kiosk demo`: the kiosk on the simulator, headless with random shoppers or in the terminal.
+
+Interactive keys: 1 2 5 insert a coin, a b c ... press a slot button, x cancel, d open or close
+the door, j then a slot key jams that slot, q quit. Simulated time follows the wall clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import curses
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kiosk import reports
+from kiosk.config import Config
+from kiosk.errors import KioskError
+from sim.rig import SimKiosk
+from sim.shoppers import Outcome, simulate
+
+SLOT_KEYS = "abcdefghijklmnop"
+
+
+@contextlib.contextmanager
+def _ledger_path(db: str | None) -> Iterator[Path]:
+    if db:
+        yield Path(db)
+        return
+    with tempfile.TemporaryDirectory(prefix="kiosk-demo-") as tmp:
+        yield Path(tmp) / "demo.db"
+
+
+def headless(config: Config, shoppers: int, seed: int, db: str | None, *,
+             as_json: bool = False) -> int:
+    with _ledger_path(db) as path:
+        rig = SimKiosk(config, path)
+        try:
+            outcome = simulate(rig, shoppers, seed)
+        finally:
+            rig.close()
+    print(json.dumps(_as_dict(outcome, shoppers, seed), indent=2) if as_json
+          else summary(outcome, config, shoppers, seed))
+    return 0 if outcome.ok else 1
+
+
+def _as_dict(o: Outcome, shoppers: int, seed: int) -> dict[str, Any]:
+    t = o.totals
+    return {
+        "shoppers": shoppers,
+        "seed": seed,
+        "simulated_hours": round(o.simulated_s / 3600, 2),
+        "wall_seconds": round(o.wall_s, 2),
+        "coins_by_value": {str(k): v for k, v in sorted(t.coins_by_value.items())},
+        "coins_cents": t.coins_cents,
+        "sales": t.sales,
+        "sales_cents": t.sales_cents,
+        "donations": t.donations,
+        "donations_cents": t.donations_cents,
+        "open_credit_cents": t.open_credit_cents,
+        "vends_by_outcome": t.vends_by_outcome,
+        "ledger_events": t.events_by_kind,
+        "injected_faults": dict(o.tally.faults),
+        "technician_visits": o.tally.technician_visits,
+        "coins_returned_by_acceptor": o.truth_returned,
+        "products_fallen": o.truth_delivered,
+        "invariants": {c.name: c.differences for c in o.checks},
+        "ok": o.ok,
+    }
+
+
+def summary(o: Outcome, config: Config, shoppers: int, seed: int) -> str:
+    t, tally = o.totals, o.tally
+    coins = ", ".join(f"{v} c x {n}" for v, n in sorted(t.coins_by_value.items())) or "none"
+    failed = {k: v for k, v in t.vends_by_outcome.items() if k != "delivered"}
+    lines = [
+        f"kiosk {config.kiosk.id}: {shoppers} shoppers, seed {seed}, "
+        f"{o.simulated_s / 3600:.1f} h simulated in {o.wall_s:.1f} s",
+        f"coins      {coins} = {t.coins_cents} c",
+        f"sales      {t.sales} ({t.sales_cents} c)",
+        f"donations  {t.donations} ({t.donations_cents} c) to {config.credit.beneficiary or '-'}",
+        f"credit     {t.open_credit_cents} c open",
+        "failed     " + (", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "none"),
+        "faults     " + (", ".join(f"{k} {v}" for k, v in sorted(tally.faults.items())) or "none"),
+        f"shoppers   {tally.turned_away} turned away, {tally.walked_away} walked away, "
+        f"{tally.cancelled} cancelled; technician visits {tally.technician_visits}",
+        f"world      {o.truth_cashbox_cents} c in the cash box, {o.truth_returned} coins handed "
+        f"back, {o.truth_delivered} products fell",
+        "ledger     " + ", ".join(f"{k} {v}" for k, v in t.events_by_kind.items()),
+        "invariants",
+    ]
+    for check in o.checks:
+        lines.append(f"  {check.name}: {'ok' if check.ok else 'FAILED'}")
+        lines.extend(f"    {d}" for d in check.differences)
+    return "\n".join(lines)
+
+
+# --- the terminal demo ------------------------------------------------------------------------
+
+
+def interactive(config: Config, db: str | None) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise KioskError("kiosk demo needs a terminal; for a headless run use --shoppers N")
+    with _ledger_path(db) as path:
+        rig = SimKiosk(config, path)
+        try:
+            curses.wrapper(_Screen(rig).loop)
+        finally:
+            rig.close()
+    return 0
+
+
+class _Screen:
+    def __init__(self, rig: SimKiosk) -> None:
+        self.rig = rig
+        self.slot_keys = {SLOT_KEYS[i]: s.id for i, s in enumerate(rig.config.slots)}
+        self.jam_next = False
+        self.note = ""
+
+    def loop(self, screen: Any) -> None:
+        curses.curs_set(0)
+        screen.timeout(50)
+        started = time.monotonic() - self.rig.clock.now
+        while True:
+            key = screen.getch()
+            if key == ord("q"):
+                return
+            if key != -1:
+                self.key(chr(key) if 0 <= key < 256 else "")
+            self.rig.run_for(max(0.0, time.monotonic() - started - self.rig.clock.now))
+            self.draw(screen)
+
+    def key(self, key: str) -> None:
+        world = self.rig.world
+        if key in "125":
+            accepted = world.insert_coin(int(key))
+            self.note = f"{key} c coin " + ("accepted" if accepted else "handed back")
+        elif key in self.slot_keys:
+            slot = self.slot_keys[key]
+            if self.jam_next:
+                world.jam(slot, not world.spirals[slot].jammed)
+                self.note = f"slot {slot} " + ("jammed" if world.spirals[slot].jammed else "freed")
+                self.jam_next = False
+            else:
+                world.press(slot)
+                self.note = f"button {slot} pressed"
+        elif key == "x":
+            world.cancel()
+            self.note = "cancel pressed"
+        elif key == "d":
+            if world.door_open:
+                world.close_door()
+                self.note = "door closed"
+            else:
+                world.open_door()
+                world.repair()
+                self.note = "door open (jams repaired)"
+        elif key == "j":
+            self.jam_next = True
+            self.note = "jam which slot?"
+
+    def draw(self, screen: Any) -> None:
+        rig, ctl = self.rig, self.rig.controller
+        screen.erase()
+        line1, line2 = rig.display
+        width = rig.config.display.columns
+        rows = [
+            f"Centimeo {rig.config.kiosk.id}   simulated {rig.clock.now:7.1f} s",
+            "+" + "-" * (width + 2) + "+",
+            f"| {line1:<{width}} |",
+            f"| {line2:<{width}} |",
+            "+" + "-" * (width + 2) + "+",
+            f"state {ctl.state}   credit {ctl.credit_cents} c   "
+            f"coins {'enabled' if rig.hardware.acceptor.is_accepting else 'inhibited'}",
+            "",
+        ]
+        for i, slot in enumerate(ctl.slots.values()):
+            led = "*" if rig.hardware.panel.led_is_lit(slot.slot) else "."
+            fault = f" fault: {slot.fault}" if slot.fault else ""
+            rows.append(
+                f" [{SLOT_KEYS[i]}] LED {led} {slot.product:<14} {slot.price_cents:>3} c  "
+                f"stock {slot.quantity}/{slot.capacity}{fault}"
+            )
+        rows += ["", "ledger, newest first:"]
+        rows += [f"  {at[11:19]} {what:<18} {'' if s is None else 'slot ' + str(s)} {detail}"
+                 for at, what, s, detail in reports.recent_events(rig.ledger.db, 6)]
+        rows += ["", "keys: 1 2 5 coin  a b c.. slot  x cancel  d door  j jam  q quit",
+                 self.note]
+        height, cols = screen.getmaxyx()
+        for y, row in enumerate(rows[: height - 1]):
+            screen.addstr(y, 0, row[: cols - 1])
+        screen.refresh()

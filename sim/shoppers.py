@@ -1,0 +1,245 @@
+"""Random shoppers, random faults and a technician, on simulated time, for `kiosk demo --shoppers`.
+
+Shoppers come one after another. Most buy something; some are short of coins, some walk away
+with credit left, some cancel, some press a sold-out or faulty slot first. Faults arrive at random:
+jams, empty spirals, a product hanging on the coil, a stuck drop sensor, noise on the coin line,
+bursts of coins. A technician visits when the kiosk is out of service or low on stock: opens the
+door, repairs, refills, closes it. The result compares the ledger with the world's ground truth.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from kiosk import reports
+from kiosk.core import Refill
+from kiosk.machine import State
+from sim.clock import SimClock
+from sim.rig import SimKiosk
+
+ARRIVAL_MEAN_S = 120.0
+FAULT_ODDS = {  # per shopper arrival
+    "jam": 0.004,
+    "empty_spiral": 0.004,
+    "hanging_product": 0.01,
+    "stuck_drop_sensor": 0.003,
+    "noise_glitches": 0.04,
+    "noise_pulse": 0.01,
+    "coin_burst": 0.03,
+}
+
+
+@dataclass
+class Tally:
+    shoppers: int = 0
+    turned_away: int = 0
+    purchases_tried: int = 0
+    walked_away: int = 0
+    cancelled: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    technician_visits: int = 0
+
+
+class Process:
+    """Runs a generator that yields delays (seconds) on the simulated clock."""
+
+    def __init__(self, clock: SimClock, steps: Iterator[float],
+                 on_done: Callable[[], None] = lambda: None) -> None:
+        self.clock = clock
+        self.steps = steps
+        self.on_done = on_done
+        self.done = False
+        clock.call_later(0, self._step)
+
+    def _step(self) -> None:
+        try:
+            delay = next(self.steps)
+        except StopIteration:
+            self.done = True
+            self.on_done()
+            return
+        self.clock.call_later(delay, self._step)
+
+
+class Population:
+    def __init__(self, rig: SimKiosk, count: int, seed: int) -> None:
+        self.rig = rig
+        self.count = count
+        self.rng = random.Random(seed)
+        self.tally = Tally()
+
+    # --- the day ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        process = Process(self.rig.clock, self._day())
+        while not process.done:
+            self.rig.run_until_quiet(limit_s=6 * 3600)
+        self.rig.run_until_quiet()
+
+    def _day(self) -> Iterator[float]:
+        for _ in range(self.count):
+            yield self.rng.expovariate(1 / ARRIVAL_MEAN_S)
+            self._inject_faults()
+            self.tally.shoppers += 1
+            yield from self._shopper()
+            if self._needs_technician():
+                yield from self._technician()
+
+    # --- one shopper ------------------------------------------------------------------------
+
+    def _shopper(self) -> Iterator[float]:
+        ctl, world, rng = self.rig.controller, self.rig.world, self.rng
+        if ctl.state not in (State.IDLE, State.CREDIT):
+            self.tally.turned_away += 1
+            return
+        mood = rng.choices(["buyer", "short", "walk_away", "canceller"], [75, 10, 8, 7])[0]
+        slot = rng.choice(sorted(ctl.slots))
+        if not ctl.slots[slot].sellable or rng.random() < 0.15:
+            world.press(slot)  # reads the price, or learns it is sold out
+            yield 2.0
+            choices = [s for s, state in ctl.slots.items() if state.sellable]
+            if not choices:
+                self.tally.turned_away += 1
+                return
+            slot = rng.choice(choices)
+        price = ctl.slots[slot].price_cents
+        budget = price if mood != "short" else rng.randint(1, max(1, price - 1))
+        yield from self._pay(budget)
+        yield 2.0
+        if mood == "walk_away":
+            self.tally.walked_away += 1
+            return
+        if mood == "canceller":
+            world.cancel()
+            self.tally.cancelled += 1
+            return
+        for _ in range(3):  # after a failed vend, try another product
+            world.press(slot)
+            if ctl.credit_cents < price:
+                self.tally.walked_away += 1
+                return
+            self.tally.purchases_tried += 1
+            yield 1.0
+            while ctl.state is State.VENDING:
+                yield 1.0
+            choices = [s for s, state in ctl.slots.items()
+                       if state.sellable and state.price_cents <= ctl.credit_cents]
+            if ctl.state is not State.CREDIT or not choices:
+                return
+            if rng.random() < 0.5:
+                return  # leaves the rest of the credit
+            slot = rng.choice(choices)
+            price = ctl.slots[slot].price_cents
+
+    def _pay(self, budget_cents: int) -> Iterator[float]:
+        ctl, world, rng = self.rig.controller, self.rig.world, self.rng
+        coins = [1, 2, 5]
+        while ctl.credit_cents < budget_cents and ctl.state in (State.IDLE, State.CREDIT):
+            if self._fault("coin_burst"):
+                world.burst([rng.choice(coins) for _ in range(rng.randint(2, 4))])
+                yield 3.0
+                continue
+            value = rng.choices(coins, [2, 3, 5])[0]
+            for _ in range(4):  # a coin handed back is tried again
+                if world.insert_coin(value):
+                    break
+                yield 1.5
+            yield rng.uniform(1.0, 3.0)
+
+    # --- the world's misfortunes ------------------------------------------------------------
+
+    def _fault(self, name: str) -> bool:
+        if self.rng.random() < FAULT_ODDS[name]:
+            self.tally.faults[name] += 1
+            return True
+        return False
+
+    def _inject_faults(self) -> None:
+        world, rng = self.rig.world, self.rng
+        if self._fault("jam"):
+            world.jam(rng.choice(sorted(world.spirals)))
+        if self._fault("empty_spiral"):
+            world.spirals[rng.choice(sorted(world.spirals))].empty = True
+        if self._fault("hanging_product"):
+            world.spirals[rng.choice(sorted(world.spirals))].hang_once = True
+        if self._fault("stuck_drop_sensor"):
+            world.stick_drop_sensor(True)
+            world.clock.call_later(rng.uniform(30, 600), lambda: world.stick_drop_sensor(False))
+        if self._fault("noise_glitches"):
+            for _ in range(rng.randint(1, 5)):
+                world.clock.call_later(rng.uniform(0, 5), lambda: world.noise(rng.uniform(0.001, 0.02)))
+        if self._fault("noise_pulse"):
+            world.noise(0.05)
+
+    # --- the technician ---------------------------------------------------------------------
+
+    def _needs_technician(self) -> bool:
+        ctl = self.rig.controller
+        if ctl.state is State.OUT_OF_SERVICE:
+            return True
+        low = [s for s in ctl.slots.values() if s.quantity < s.capacity // 3 or s.fault]
+        return len(low) >= 2
+
+    def _technician(self) -> Iterator[float]:
+        ctl, world = self.rig.controller, self.rig.world
+        yield 1800.0  # travel time
+        while ctl.state is State.VENDING:
+            yield 5.0
+        self.tally.technician_visits += 1
+        world.open_door()
+        yield 60.0
+        world.repair()
+        for slot in sorted(world.spirals):
+            added = world.refill(slot)
+            if added:
+                self.rig.events.put(Refill(slot, added))
+        yield 60.0
+        world.close_door()
+        yield 5.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    tally: Tally
+    totals: reports.Totals
+    checks: list[reports.Check]
+    simulated_s: float
+    wall_s: float
+    truth_cashbox_cents: int
+    truth_returned: int
+    truth_delivered: int
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def simulate(rig: SimKiosk, shoppers: int, seed: int) -> Outcome:
+    started = time.perf_counter()
+    population = Population(rig, shoppers, seed)
+    population.run()
+    wall_s = time.perf_counter() - started
+    db = rig.ledger.db
+    checks = reports.verify(db)
+    truth = rig.world.truth
+    totals = reports.totals(db)
+    ground = reports.Check("ground truth")
+    if truth.cashbox_cents != totals.coins_cents:
+        ground.differences.append(
+            f"the cash box holds {truth.cashbox_cents} c, the ledger counts {totals.coins_cents} c"
+        )
+    checks.append(ground)
+    return Outcome(
+        tally=population.tally,
+        totals=totals,
+        checks=checks,
+        simulated_s=rig.clock.now,
+        wall_s=wall_s,
+        truth_cashbox_cents=truth.cashbox_cents,
+        truth_returned=len(truth.returned),
+        truth_delivered=sum(truth.delivered.values()),
+    )
