@@ -10,6 +10,7 @@ closes the door again.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,8 +123,9 @@ class Controller:
         try:
             while self._running and not (until and until()):
                 self.step()
-        finally:
+        except BaseException:  # e.g. KeyboardInterrupt: leave no motor running
             self.hw.dispenser.stop_all()
+            raise
 
     def step(self) -> None:
         event = self.clock.wait(self.events, self._next_deadline())
@@ -351,7 +353,7 @@ class Controller:
     def screen(self) -> tuple[str, str]:
         lang, state = self._lang, self.state
         if state is State.CREDIT and self._donate_at is not None:
-            seconds = max(0, round(self._donate_at - self.clock.monotonic()))
+            seconds = max(0, math.ceil(self._donate_at - self.clock.monotonic()))
             return text(lang, "donating", credit=self.credit_cents, seconds=seconds,
                         beneficiary=self.config.credit.beneficiary)
         if state is State.CREDIT:

@@ -1,0 +1,104 @@
+"""Shared fixtures: the sim profile, an injected clock, mock pins, a temporary ledger and a whole
+simulated kiosk. Every pin factory and ledger a test opens is closed after it."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiosk import config as config_mod
+from kiosk.config import Config
+from kiosk.ledger import Ledger
+from sim.clock import SimClock
+from sim.rig import SimKiosk
+from sim.world import SimFactory
+
+
+@pytest.fixture
+def config() -> Config:
+    return config_mod.load(config_mod.DEFAULT_PROFILE, env={})
+
+
+def with_changes(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of `config` with some keys of some sections changed, e.g. credit={"leftover": "keep"}."""
+    changed = {name: dataclasses.replace(getattr(config, name), **keys)
+               for name, keys in sections.items()}
+    return dataclasses.replace(config, **changed)
+
+
+@pytest.fixture
+def clock() -> SimClock:
+    return SimClock()
+
+
+@pytest.fixture
+def factory() -> Iterator[SimFactory]:
+    pins = SimFactory()
+    yield pins
+    pins.reset()
+
+
+@pytest.fixture
+def events() -> queue.Queue[Any]:
+    return queue.Queue()
+
+
+def drain(events: queue.Queue[Any]) -> list[Any]:
+    out = []
+    while not events.empty():
+        out.append(events.get_nowait())
+    return out
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "kiosk.db"
+
+
+@pytest.fixture
+def ledger(db_path: Path, clock: SimClock) -> Iterator[Ledger]:
+    books = Ledger(db_path, clock.wall)
+    yield books
+    books.close()
+
+
+class KioskMaker:
+    """Builds simulated kiosks on one ledger file, and restarts them; closes them all after."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.opened: list[SimKiosk] = []
+
+    def __call__(self, cfg: Config) -> SimKiosk:
+        rig = SimKiosk(cfg, self.db_path)
+        self.opened.append(rig)
+        return rig
+
+    def restart(self, rig: SimKiosk) -> SimKiosk:
+        """A power cut and a restart on the same ledger and physical world."""
+        new = rig.restarted()
+        self.opened.append(new)
+        return new
+
+    def close(self) -> None:
+        for rig in self.opened:
+            rig.close()
+        if self.opened:
+            self.opened[0].world.factory.reset()
+
+
+@pytest.fixture
+def make_kiosk(db_path: Path) -> Iterator[KioskMaker]:
+    maker = KioskMaker(db_path)
+    yield maker
+    maker.close()
+
+
+@pytest.fixture
+def kiosk(make_kiosk: KioskMaker, config: Config) -> SimKiosk:
+    return make_kiosk(config)

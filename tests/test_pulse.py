@@ -1,0 +1,368 @@
+"""Pulse coin acceptor: the sans-IO PulseDecoder (widths, end of train, noise, merged trains,
+deadlines), PulseSettings validation, and the PulseCoinAcceptor driver on simulated pins (coin
+events, the inhibit output, refused trains, close). Property tests feed the decoder random edges
+and random sequences of clean trains.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import drain
+from gpiozero import DigitalInputDevice, DigitalOutputDevice
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.base import CoinAccepted, CoinRejected, DeviceError, Wake
+from drivers.pulse import PulseCoinAcceptor, PulseDecoder, PulseSettings, Train
+from sim.clock import SimClock
+from sim.world import PulseCoinMech, SimFactory, Truth
+
+PULSES = {1: 2, 2: 4, 5: 10}
+COINS = (1, 2, 5)
+SETTINGS = PulseSettings(
+    coin_pin=17, pulses=PULSES, inhibit_pin=27, pulse_ms=50.0, end_gap_ms=250.0
+)
+W = 0.050  # configured pulse width, s
+GAP = 0.100  # typical gap between the pulses of a train, s
+END = 0.250  # end-of-train gap, s
+MAX = 1.6 * W  # widest accepted pulse
+
+Edges = list[tuple[float, bool]]  # (time s, line low)
+
+
+def pulse(start: float, width: float = W) -> Edges:
+    return [(start, True), (start + width, False)]
+
+
+def train(start: float, count: int, width: float = W, gap: float = GAP) -> Edges:
+    return [e for i in range(count) for e in pulse(start + i * (width + gap), width)]
+
+
+def decode(edges: Edges) -> list[Train]:
+    """Feed `edges` in order, closing trains before each edge as the driver's service would."""
+    decoder = PulseDecoder(PULSES, SETTINGS.pulse_ms, SETTINGS.end_gap_ms)
+    trains = []
+    for at, low in [*edges, (math.inf, False)]:
+        closed = decoder.expire(at)
+        if closed is not None:
+            trains.append(closed)
+        if at < math.inf:
+            decoder.edge(at, low)
+    assert decoder.next_deadline() is None
+    return trains
+
+
+# --- the decoder ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "count"), PULSES.items())
+def test_every_configured_coin_decodes(value: int, count: int) -> None:
+    assert decode(train(0.0, count)) == [Train(count, (value,))]
+
+
+@pytest.mark.parametrize("width", [0.032, 0.040, 0.060, 0.078])
+def test_widths_inside_the_window_are_pulses(width: float) -> None:
+    assert decode(train(1.0, 4, width=width)) == [Train(4, (2,))]
+
+
+def test_a_lone_glitch_is_dropped_silently() -> None:
+    assert decode(pulse(0.0, width=0.028)) == []
+
+
+def test_a_glitch_inside_a_train_is_ignored() -> None:
+    edges = pulse(0.0) + pulse(0.09, width=0.005) + pulse(0.15)
+    assert decode(edges) == [Train(2, (1,), glitches=1)]
+
+
+def test_a_pulse_too_wide_refuses_the_train() -> None:
+    edges = pulse(0.0) + pulse(0.15, width=0.082) + pulse(0.33)
+    [refused] = decode(edges)
+    assert refused.coins == ()
+    assert refused.reason == "pulse of 82 ms"
+
+
+def test_a_line_held_low_refuses_the_train_after_its_deadline() -> None:
+    decoder = PulseDecoder(PULSES, SETTINGS.pulse_ms, SETTINGS.end_gap_ms)
+    for at, low in train(0.0, 2):
+        decoder.edge(at, low)
+    decoder.edge(0.3, True)
+    deadline = 0.3 + MAX + END
+    assert decoder.next_deadline() == pytest.approx(deadline)
+    assert decoder.expire(deadline - 0.001) is None
+    assert decoder.expire(deadline) == Train(2, (), "line held low")
+    decoder.edge(5.0, False)  # the line comes back long after: not a pulse
+    assert decoder.next_deadline() is None
+    assert decoder.expire(10.0) is None
+
+
+def test_a_single_pulse_is_noise() -> None:
+    assert decode(pulse(0.0)) == [Train(1, (), "single pulse (noise)")]
+
+
+@pytest.mark.parametrize("count", [3, 5, 7])
+def test_an_unknown_count_is_refused(count: int) -> None:
+    assert decode(train(0.0, count)) == [Train(count, (), f"{count} pulses match no coin")]
+
+
+@pytest.mark.parametrize("values", [(1, 1), (2, 1), (5, 2), (5, 5), (1, 2, 5), (2, 2, 2)])
+def test_merged_trains_split_into_coins_that_add_up(values: tuple[int, ...]) -> None:
+    edges: Edges = []
+    for value in values:  # each train starts 200 ms after the last one ends: inside END
+        start = edges[-1][0] + 0.2 if edges else 0.0
+        edges += train(start, PULSES[value])
+    [merged] = decode(edges)
+    assert merged.pulses == sum(PULSES[v] for v in values)
+    assert sum(merged.coins) == sum(values)
+    assert merged.reason == ""
+
+
+@pytest.mark.parametrize("value", COINS)
+def test_an_isolated_noise_pulse_before_a_train_is_dropped(value: int) -> None:
+    edges = pulse(0.0) + train(W + 0.22, PULSES[value])
+    [decoded] = decode(edges)
+    assert decoded.coins == (value,)
+    assert decoded.pulses == PULSES[value] + 1
+
+
+@pytest.mark.parametrize("value", COINS)
+def test_an_isolated_noise_pulse_after_a_train_is_dropped(value: int) -> None:
+    edges = train(0.0, PULSES[value])
+    edges += pulse(edges[-1][0] + 0.22)
+    [decoded] = decode(edges)
+    assert decoded.coins == (value,)
+
+
+def test_a_regularly_spaced_extra_pulse_is_not_taken_for_noise() -> None:
+    [refused] = decode(train(0.0, 5))
+    assert refused.coins == ()
+
+
+def test_next_deadline_follows_the_edges() -> None:
+    decoder = PulseDecoder(PULSES, SETTINGS.pulse_ms, SETTINGS.end_gap_ms)
+    assert decoder.next_deadline() is None
+    decoder.edge(1.0, True)
+    assert decoder.next_deadline() == pytest.approx(1.0 + MAX + END)
+    decoder.edge(1.05, False)
+    assert decoder.next_deadline() == pytest.approx(1.05 + END)
+    decoder.edge(1.15, True)
+    decoder.edge(1.20, False)
+    assert decoder.next_deadline() == pytest.approx(1.20 + END)
+    assert decoder.expire(1.20 + END - 0.001) is None  # not yet: the train stays open
+    assert decoder.expire(1.20 + END) == Train(2, (1,))
+    assert decoder.next_deadline() is None
+
+
+# --- properties ----------------------------------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 0.5), st.booleans()), max_size=80))
+def test_random_edges_never_raise_and_yield_only_configured_coins(
+    steps: list[tuple[float, bool]],
+) -> None:
+    edges, at = [], 0.0
+    for delay, low in steps:
+        at += delay
+        edges.append((at, low))
+    for decoded in decode(edges):
+        assert set(decoded.coins) <= set(COINS)
+        if decoded.coins:
+            counted = sum(PULSES[v] for v in decoded.coins)
+            assert counted in (decoded.pulses, decoded.pulses - 1)  # at most one noise pulse
+        else:
+            assert decoded.reason
+
+
+clean_coin = st.tuples(
+    st.sampled_from(COINS),
+    st.floats(0.04, 0.06),  # pulse width, inside the ±20 % a DG600F promises
+    st.floats(0.08, 0.12),  # gap between pulses
+    st.floats(END + 0.001, 3.0),  # quiet time before the train, longer than the end gap
+)
+
+
+@given(st.lists(clean_coin, min_size=1, max_size=10))
+def test_clean_trains_decode_to_exactly_the_coins_sent(
+    coins: list[tuple[int, float, float, float]],
+) -> None:
+    edges: Edges = []
+    for value, width, gap, quiet in coins:
+        start = (edges[-1][0] if edges else 0.0) + quiet
+        edges += train(start, PULSES[value], width, gap)
+    assert [t.coins for t in decode(edges)] == [(value,) for value, *_ in coins]
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def settings(**changes: Any) -> PulseSettings:
+    return PulseSettings(**{"coin_pin": 17, "pulses": PULSES, **changes})
+
+
+def test_a_one_pulse_code_is_refused() -> None:
+    with pytest.raises(ValueError, match="one-pulse"):
+        settings(pulses={1: 1, 2: 4})
+
+
+def test_two_coins_sharing_a_count_are_refused() -> None:
+    with pytest.raises(ValueError, match="share a pulse count"):
+        settings(pulses={1: 2, 2: 2})
+
+
+def test_an_end_gap_no_longer_than_the_widest_pulse_is_refused() -> None:
+    with pytest.raises(ValueError, match="end_gap_ms"):
+        settings(pulse_ms=50.0, end_gap_ms=80.0)
+    assert settings(pulse_ms=50.0, end_gap_ms=81.0).end_gap_ms == 81.0
+
+
+def test_check_coins_wants_exactly_the_accepted_coins() -> None:
+    SETTINGS.check_coins((5, 2, 1))
+    with pytest.raises(ValueError, match=r"no pulse count for accepted coin\(s\) \[10\]"):
+        SETTINGS.check_coins((1, 2, 5, 10))
+    with pytest.raises(ValueError, match=r"\[5\] c are not accepted"):
+        SETTINGS.check_coins((1, 2))
+
+
+def test_the_driver_checks_the_coins(clock: SimClock, factory: SimFactory) -> None:
+    with pytest.raises(ValueError, match="no pulse count"):
+        PulseCoinAcceptor(SETTINGS, (1, 2, 5, 10), clock, print, factory)
+
+
+# --- the driver on simulated pins ----------------------------------------------------------
+
+
+@pytest.fixture
+def acceptor(
+    clock: SimClock, factory: SimFactory, events: queue.Queue[Any]
+) -> Iterator[PulseCoinAcceptor]:
+    device = PulseCoinAcceptor(SETTINGS, COINS, clock, events.put, factory)
+    device.start()
+    yield device
+    device.close()
+
+
+@pytest.fixture
+def mech(clock: SimClock, factory: SimFactory) -> PulseCoinMech:
+    return PulseCoinMech(SETTINGS, factory, clock, Truth())
+
+
+def run(clock: SimClock, acceptor: PulseCoinAcceptor, events: queue.Queue[Any], for_s: float) -> list[Any]:
+    """Run the world and the acceptor as the core does; return the events but Wake."""
+    end, seen = clock.now + for_s, []
+    while clock.now < end:
+        deadline = acceptor.next_deadline()
+        seen.append(clock.wait(events, end if deadline is None else min(deadline, end)))
+        acceptor.service(clock.now)
+    seen += drain(events)
+    return [e for e in seen if e is not None and not isinstance(e, Wake)]
+
+
+def inhibit_asserted(factory: SimFactory) -> bool:
+    return bool(factory.gpio(27).state)  # active high
+
+
+def test_coins_arrive_as_events_after_their_train(
+    clock: SimClock, acceptor: PulseCoinAcceptor, mech: PulseCoinMech, events: queue.Queue[Any]
+) -> None:
+    acceptor.set_accepting(True)
+    got = []
+    for value in (1, 5, 2):
+        assert mech.insert(value)
+        ends = mech._free_at  # the train's last rising edge
+        got += run(clock, acceptor, events, 3.0)
+        assert got[-1].at == pytest.approx(ends + END)
+    assert [type(e) for e in got] == [CoinAccepted] * 3
+    assert [e.value_cents for e in got] == [1, 5, 2]
+
+
+def test_the_inhibit_is_asserted_until_accepting(
+    acceptor: PulseCoinAcceptor, mech: PulseCoinMech, factory: SimFactory
+) -> None:
+    assert inhibit_asserted(factory)
+    assert not mech.insert(1)
+    acceptor.set_accepting(True)
+    assert acceptor.is_accepting
+    assert not inhibit_asserted(factory)
+    acceptor.set_accepting(False)
+    assert inhibit_asserted(factory)
+    assert mech.truth.returned == [1]
+
+
+@pytest.mark.parametrize("accepting_after", [True, False])
+def test_the_inhibit_is_asserted_while_a_train_is_read(
+    clock: SimClock,
+    acceptor: PulseCoinAcceptor,
+    mech: PulseCoinMech,
+    factory: SimFactory,
+    events: queue.Queue[Any],
+    accepting_after: bool,
+) -> None:
+    acceptor.set_accepting(True)
+    mech.insert(5)  # the train runs from 0.3 s to 1.75 s
+    during: list[bool] = []
+    clock.call_at(0.31, lambda: during.append(inhibit_asserted(factory)))
+    clock.call_at(1.0, lambda: during.append(mech.insert(1)))  # a second coin is refused
+    clock.call_at(1.9, lambda: during.append(inhibit_asserted(factory)))  # after the last pulse
+    clock.call_at(1.9, lambda: acceptor.set_accepting(accepting_after))
+    got = run(clock, acceptor, events, 3.0)
+    assert during == [True, False, True]
+    assert [e.value_cents for e in got] == [5]
+    assert inhibit_asserted(factory) is not accepting_after
+    assert mech.truth.returned == [1]
+
+
+def test_noise_is_rejected_and_the_inhibit_released(
+    clock: SimClock,
+    acceptor: PulseCoinAcceptor,
+    mech: PulseCoinMech,
+    factory: SimFactory,
+    events: queue.Queue[Any],
+) -> None:
+    acceptor.set_accepting(True)
+    mech.noise(W)
+    [rejected] = run(clock, acceptor, events, 1.0)
+    assert rejected == CoinRejected("pulse_train", "single pulse (noise)", W + END)
+    assert not inhibit_asserted(factory)
+
+
+def test_a_line_stuck_low_is_rejected(
+    clock: SimClock, acceptor: PulseCoinAcceptor, factory: SimFactory, events: queue.Queue[Any]
+) -> None:
+    acceptor.set_accepting(True)
+    line = factory.gpio(17)
+    line.drive(False)
+    [rejected] = run(clock, acceptor, events, 2.0)
+    assert isinstance(rejected, CoinRejected)
+    assert rejected.detail == "line held low"
+    assert rejected.at == pytest.approx(MAX + END)
+    clock.call_later(0.5, lambda: line.drive(True))
+    assert run(clock, acceptor, events, 2.0) == []  # the release is no pulse
+
+
+def test_close_asserts_the_inhibit_releases_the_pins_and_is_idempotent(
+    acceptor: PulseCoinAcceptor, factory: SimFactory
+) -> None:
+    acceptor.set_accepting(True)
+    with acceptor:
+        assert not inhibit_asserted(factory)
+    assert inhibit_asserted(factory)
+    assert not acceptor.is_accepting
+    acceptor.close()
+    for pin in (17, 27):  # free again: a device can claim them
+        assert factory.gpio(pin).function == "input"
+        DigitalInputDevice(pin, pin_factory=factory).close()
+
+
+def test_a_pin_in_use_is_a_device_error_and_frees_the_others(
+    clock: SimClock, factory: SimFactory
+) -> None:
+    squatter = DigitalOutputDevice(17, pin_factory=factory)
+    device = PulseCoinAcceptor(SETTINGS, COINS, clock, print, factory)
+    with pytest.raises(DeviceError, match="GPIO17"):
+        device.start()
+    squatter.close()
+    DigitalOutputDevice(27, pin_factory=factory).close()  # the inhibit output was released
