@@ -138,17 +138,17 @@ class SystemClock:
 # --- device interfaces --------------------------------------------------------------------------
 
 
-class Timed(ABC):
+class Timed:
     """A device with deadlines that the core thread services (no timer threads)."""
 
     def next_deadline(self) -> float | None:
         return None
 
-    def service(self, now: float) -> None:  # noqa: B027 - devices without deadlines keep it
+    def service(self, now: float) -> None:
         """Act on every deadline at or before `now`; called from the core thread."""
 
 
-class CoinAcceptor(Timed):
+class CoinAcceptor(Timed, ABC):
     """A coin acceptor: emits CoinAccepted, CoinRejected and DeviceFault events.
 
     A back-end (pulse, ccTalk) is chosen by name from ACCEPTOR_DRIVERS. Its constructor takes
@@ -192,9 +192,15 @@ def _load(ref: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def acceptor_class(driver: str) -> type[CoinAcceptor]:
-    return _load(ACCEPTOR_DRIVERS[driver][0])  # type: ignore[no-any-return]
+# What a back-end's class is called with: (settings, coins_cents, clock, emit, pin_factory).
+AcceptorFactory = Callable[[Any, tuple[int, ...], Clock, Emit, Any], CoinAcceptor]
+
+
+def acceptor_class(driver: str) -> AcceptorFactory:
+    factory: AcceptorFactory = _load(ACCEPTOR_DRIVERS[driver][0])
+    return factory
 
 
 def acceptor_settings_class(driver: str) -> type:
-    return _load(ACCEPTOR_DRIVERS[driver][1])  # type: ignore[no-any-return]
+    settings: type = _load(ACCEPTOR_DRIVERS[driver][1])
+    return settings

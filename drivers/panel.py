@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gpiozero import LED, Button
+from gpiozero import LED, DigitalInputDevice
 
 from drivers.base import CancelPressed, Clock, DeviceError, DoorChanged, Emit, SelectPressed
 
@@ -33,21 +33,21 @@ class Panel:
     ) -> None:
         self._clock = clock
         self._emit = emit
-        self._buttons: dict[int, Button] = {}
+        self._buttons: dict[int, DigitalInputDevice] = {}
         self._leds: dict[int, LED] = {}
-        self._cancel: Button | None = None
-        self._door: Button | None = None
+        self._cancel: DigitalInputDevice | None = None
+        self._door: DigitalInputDevice | None = None
         try:
             for slot, pin in buttons.items():
-                button = Button(pin, pull_up=True, pin_factory=pin_factory)
-                button.when_pressed = self._select_handler(slot)
+                button = DigitalInputDevice(pin, pull_up=True, pin_factory=pin_factory)
+                button.when_activated = self._select_handler(slot)
                 self._buttons[slot] = button
-            self._cancel = Button(cancel_pin, pull_up=True, pin_factory=pin_factory)
-            self._cancel.when_pressed = self._on_cancel
+            self._cancel = DigitalInputDevice(cancel_pin, pull_up=True, pin_factory=pin_factory)
+            self._cancel.when_activated = self._on_cancel
             # The door switch is held closed by the door: released (line high) means open.
-            self._door = Button(door_pin, pull_up=True, pin_factory=pin_factory)
-            self._door.when_released = self._on_door_open
-            self._door.when_pressed = self._on_door_closed
+            self._door = DigitalInputDevice(door_pin, pull_up=True, pin_factory=pin_factory)
+            self._door.when_deactivated = self._on_door_open
+            self._door.when_activated = self._on_door_closed
             for slot, pin in leds.items():
                 self._leds[slot] = LED(pin, initial_value=False, pin_factory=pin_factory)
         except Exception as err:  # gpiozero raises many unrelated types for a bad pin
@@ -71,7 +71,7 @@ class Panel:
 
     @property
     def door_is_open(self) -> bool:
-        return self._door is not None and not self._door.is_pressed
+        return self._door is not None and not self._door.is_active
 
     def set_led(self, slot: int, lit: bool) -> None:
         self._leds[slot].value = lit

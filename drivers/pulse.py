@@ -1,10 +1,13 @@
 """Pulse-output coin acceptors (CH-92x, DG600F and kin) on a GPIO input.
 
 The acceptor pulls its COIN line low for a number of pulses per coin. The decoder is sans-IO: it
-takes timestamped edges and a clock reading and returns decoded trains. It checks every pulse width
-against a window around the configured width, drops short glitches, ends a train after a quiet gap,
-refuses one-pulse trains, and splits trains merged by coins in quick succession when the pulse
-counts allow it (make counts proportional to value, e.g. 2/4/10 for 1/2/5 c, for that).
+takes timestamped edges and a clock reading and returns decoded trains. A pulse counts when its
+width lies within 0.6-1.6 x `pulse_ms` (shorter ones are glitches and are ignored, a longer one
+refuses the train). Pulses belong to one train while the gaps between them stay within
+1.6 x `gap_ms`; a longer pause starts a new train, so a stray pulse just before or after a coin is
+read as a separate one-pulse train and refused as noise. A train is closed after `end_gap_ms` of
+quiet. Trains of coins validated together run into each other; with pulse counts proportional to
+value (e.g. 2/4/10 for 1/2/5 c) such a train is split into coins that add up to the right amount.
 The driver inhibits the acceptor from the first pulse of a train until the train is decoded.
 """
 
@@ -19,8 +22,8 @@ from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
 from drivers.base import (
     Clock,
-    CoinAcceptor,
     CoinAccepted,
+    CoinAcceptor,
     CoinRejected,
     DeviceError,
     Emit,
@@ -29,9 +32,8 @@ from drivers.base import (
 
 log = logging.getLogger(__name__)
 
-WIDTH_MIN = 0.6  # accepted pulse width window, as a fraction of the configured width
-WIDTH_MAX = 1.6
-ISOLATED = 1.5  # a pulse this many typical periods from its neighbour is not part of the train
+TOLERANCE_MIN = 0.6  # accepted pulse width (and gap) window, as a fraction of the nominal value
+TOLERANCE_MAX = 1.6
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class PulseSettings:
     inhibit_pin: int | None = field(default=None, metadata={"min": 0, "max": 27})
     inhibit_active_high: bool = True
     pulse_ms: float = field(default=50.0, metadata={"min": 5.0, "max": 500.0})
+    gap_ms: float = field(default=100.0, metadata={"min": 5.0, "max": 1000.0})
     end_gap_ms: float = field(default=250.0, metadata={"min": 20.0, "max": 2000.0})
 
     def __post_init__(self) -> None:
@@ -55,8 +58,12 @@ class PulseSettings:
         counts = list(self.pulses.values())
         if len(set(counts)) != len(counts):
             raise ValueError("pulses: two coins share a pulse count")
-        if self.end_gap_ms <= self.pulse_ms * WIDTH_MAX:
-            raise ValueError("end_gap_ms must be longer than the longest accepted pulse")
+        longest_gap_ms = self.gap_ms * TOLERANCE_MAX
+        if self.end_gap_ms <= longest_gap_ms:
+            raise ValueError(
+                f"end_gap_ms: must be longer than the longest gap inside a train "
+                f"({longest_gap_ms:g} ms)"
+            )
 
     def check_coins(self, coins_cents: tuple[int, ...]) -> None:
         """The configured pulse codes must be exactly the accepted coins."""
@@ -81,24 +88,28 @@ class Train:
 class PulseDecoder:
     """Edges in (monotonic seconds, line low or not), trains out. Not thread-safe by itself."""
 
-    def __init__(self, pulses: dict[int, int], pulse_ms: float, end_gap_ms: float) -> None:
-        self._by_count = {count: value for value, count in pulses.items()}
-        self._min_s = pulse_ms * WIDTH_MIN / 1000
-        self._max_s = pulse_ms * WIDTH_MAX / 1000
-        self._end_gap_s = end_gap_ms / 1000
+    def __init__(self, settings: PulseSettings) -> None:
+        self._by_count = {count: value for value, count in settings.pulses.items()}
+        self._min_s = settings.pulse_ms * TOLERANCE_MIN / 1000
+        self._max_s = settings.pulse_ms * TOLERANCE_MAX / 1000
+        self._max_gap_s = settings.gap_ms * TOLERANCE_MAX / 1000
+        self._end_gap_s = settings.end_gap_ms / 1000
+        self._done: list[Train] = []
         self._reset()
 
     def _reset(self) -> None:
         self.active = False  # a train is in progress
         self._low_since: float | None = None
         self._last_edge = 0.0
-        self._starts: list[float] = []  # start time of each valid pulse
+        self._pulses: list[tuple[float, float]] = []  # (start, end) of each valid pulse
         self._glitches = 0
         self._bad = ""
 
     def edge(self, at: float, low: bool) -> None:
         if low:
             if self._low_since is None:
+                if self.active and at >= self._last_edge + self._end_gap_s:
+                    self._close()  # the previous train ended before anyone asked
                 self._low_since = at
                 self.active = True
             return
@@ -112,7 +123,7 @@ class PulseDecoder:
         elif width > self._max_s:
             self._bad = self._bad or f"pulse of {width * 1000:.0f} ms"
         else:
-            self._starts.append(at - width)
+            self._pulses.append((at - width, at))
 
     def next_deadline(self) -> float | None:
         if not self.active:
@@ -121,38 +132,43 @@ class PulseDecoder:
             return self._low_since + self._max_s + self._end_gap_s  # line stuck low
         return self._last_edge + self._end_gap_s
 
-    def expire(self, now: float) -> Train | None:
-        """Close the train if its end-of-train gap has passed; return it (None for pure noise)."""
+    def expire(self, now: float) -> list[Train]:
+        """The trains closed by `now`: one that reached its end gap, and any closed earlier."""
         deadline = self.next_deadline()
-        if deadline is None or now < deadline:
-            return None
-        if self._low_since is not None:
-            self._bad = "line held low"
-        starts, glitches, bad = self._starts, self._glitches, self._bad
-        count = len(starts)
+        if deadline is not None and now >= deadline:
+            if self._low_since is not None:
+                self._bad = "line held low"
+            self._close()
+        done, self._done = self._done, []
+        return done
+
+    def _close(self) -> None:
+        pulses, glitches, bad = self._pulses, self._glitches, self._bad
         self._reset()
         if bad:
-            return Train(count, (), bad, glitches)
-        if count == 0:
-            return None
+            self._done.append(Train(len(pulses), (), bad, glitches))
+            return
+        for group in self._groups(pulses):
+            self._done.append(self._decode(len(group), glitches))
+            glitches = 0
+
+    def _groups(self, pulses: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+        """Split at pauses longer than any gap inside a train."""
+        groups: list[list[tuple[float, float]]] = []
+        for pulse in pulses:
+            if groups and pulse[0] - groups[-1][-1][1] <= self._max_gap_s:
+                groups[-1].append(pulse)
+            else:
+                groups.append([pulse])
+        return groups
+
+    def _decode(self, count: int, glitches: int) -> Train:
         if count == 1:
             return Train(1, (), "single pulse (noise)", glitches)
         coins = self._split(count)
-        if coins is None and self._isolated_end_pulse(starts):
-            coins = self._split(count - 1)  # a noise pulse just before or after a coin's train
         if coins is None:
             return Train(count, (), f"{count} pulses match no coin", glitches)
         return Train(count, coins, "", glitches)
-
-    @staticmethod
-    def _isolated_end_pulse(starts: list[float]) -> bool:
-        """True when the first or last pulse stands apart from an otherwise regular train."""
-        if len(starts) < 3:
-            return False
-        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-        inner = sorted(gaps[1:-1]) or [min(gaps)]
-        typical = inner[len(inner) // 2]
-        return max(gaps[0], gaps[-1]) > ISOLATED * typical
 
     def _split(self, count: int) -> tuple[int, ...] | None:
         """Coins whose pulse counts add up to `count`, fewest coins first (a merged train)."""
@@ -187,7 +203,7 @@ class PulseCoinAcceptor(CoinAcceptor):
         self._clock = clock
         self._emit = emit
         self._factory = pin_factory
-        self._decoder = PulseDecoder(settings.pulses, settings.pulse_ms, settings.end_gap_ms)
+        self._decoder = PulseDecoder(settings)
         self._lock = threading.Lock()
         self._accepting = False
         self._line: DigitalInputDevice | None = None
@@ -243,18 +259,17 @@ class PulseCoinAcceptor(CoinAcceptor):
 
     def service(self, now: float) -> None:
         with self._lock:
-            train = self._decoder.expire(now)
+            trains = self._decoder.expire(now)
             self._apply_inhibit()
-        if train is None:
-            return
-        if train.reason:
-            log.warning("pulse train refused: %s", train.reason)
-            self._emit(CoinRejected("pulse_train", train.reason, now))
-            return
-        if len(train.coins) > 1:
-            log.warning("merged train of %d pulses read as %s c", train.pulses, train.coins)
-        for value in train.coins:
-            self._emit(CoinAccepted(value, now))
+        for train in trains:
+            if train.reason:
+                log.warning("pulse train refused: %s", train.reason)
+                self._emit(CoinRejected("pulse_train", train.reason, now))
+                continue
+            if len(train.coins) > 1:
+                log.warning("merged train of %d pulses read as %s c", train.pulses, train.coins)
+            for value in train.coins:
+                self._emit(CoinAccepted(value, now))
 
     def close(self) -> None:
         if self._inhibit is not None:
@@ -264,4 +279,3 @@ class PulseCoinAcceptor(CoinAcceptor):
             self._line.close()
         self._inhibit = self._line = None
         self._accepting = False
-

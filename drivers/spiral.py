@@ -16,9 +16,18 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from gpiozero import Button, DigitalInputDevice, DigitalOutputDevice
+from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
-from drivers.base import Clock, DeviceError, DeviceFault, Emit, Timed, VendFinished, VendOutcome
+from drivers.base import (
+    Clock,
+    DeviceError,
+    DeviceFault,
+    Emit,
+    Timed,
+    VendFinished,
+    VendOutcome,
+    Wake,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +66,7 @@ class SpiralDispenser(Timed):
         self._retry_turns = retry_turns
         self._lock = threading.Lock()
         self._motors: dict[int, DigitalOutputDevice] = {}
-        self._homes: dict[int, Button] = {}
+        self._homes: dict[int, DigitalInputDevice] = {}
         self._drop: DigitalInputDevice | None = None
         self._phase = _Phase.IDLE
         self._slot = 0
@@ -71,9 +80,11 @@ class SpiralDispenser(Timed):
                 self._motors[slot] = DigitalOutputDevice(
                     pins.motor_pin, initial_value=False, pin_factory=pin_factory
                 )
-                self._homes[slot] = Button(pins.home_pin, pull_up=True, pin_factory=pin_factory)
-                self._homes[slot].when_released = self._on_left_home
-                self._homes[slot].when_pressed = self._on_home
+                # The cam closes the home switch to ground: active (low) means at home.
+                home = DigitalInputDevice(pins.home_pin, pull_up=True, pin_factory=pin_factory)
+                home.when_deactivated = self._on_left_home
+                home.when_activated = self._on_home
+                self._homes[slot] = home
             self._drop = DigitalInputDevice(drop_pin, pull_up=True, pin_factory=pin_factory)
         except Exception as err:  # gpiozero raises many unrelated types for a bad pin
             self.close()
@@ -98,6 +109,8 @@ class SpiralDispenser(Timed):
         with self._lock:
             if self._phase is not _Phase.IDLE:
                 raise DeviceError(f"spiral dispenser: slot {self._slot} is still vending")
+            if slot not in self._motors:
+                raise DeviceError(f"spiral dispenser: no slot {slot}")
             if self.drop_sensor_blocked:
                 self._blocked_reported = True
                 blocked = True
@@ -112,20 +125,20 @@ class SpiralDispenser(Timed):
 
     def _start_turn(self, now: float) -> None:
         self._phase = _Phase.TURNING
-        self._left_home = not self._homes[self._slot].is_pressed
+        self._left_home = not self._homes[self._slot].is_active
         self._deadline = now + self._max_run_s
         self._motors[self._slot].on()
         log.debug("slot %d: motor on (turn %d)", self._slot, self._turns + 1)
 
-    def _on_left_home(self, button: Button) -> None:
+    def _on_left_home(self, switch: DigitalInputDevice) -> None:
         with self._lock:
-            if self._phase is _Phase.TURNING and button is self._homes[self._slot]:
+            if self._phase is _Phase.TURNING and switch is self._homes[self._slot]:
                 self._left_home = True
 
-    def _on_home(self, button: Button) -> None:
+    def _on_home(self, switch: DigitalInputDevice) -> None:
         now = self._clock.monotonic()
         with self._lock:
-            if not (self._phase is _Phase.TURNING and button is self._homes[self._slot]):
+            if not (self._phase is _Phase.TURNING and switch is self._homes[self._slot]):
                 return
             if not self._left_home:
                 return
@@ -137,6 +150,8 @@ class SpiralDispenser(Timed):
                 self._phase = _Phase.AWAIT_DROP
                 self._deadline = now + self._drop_wait_s
                 finished = None
+        if finished is None:
+            self._emit(Wake(now))  # the deadline moved on the GPIO thread: the core must re-wait
         self._report(finished)
 
     def _on_drop(self) -> None:
@@ -169,9 +184,10 @@ class SpiralDispenser(Timed):
             finished = None
             if self._phase is _Phase.TURNING:
                 self._motors[self._slot].off()
-                finished = self._finish(
-                    VendOutcome.JAMMED, f"not home after {self._max_run_s:g} s; motor stopped", now
-                )
+                stopped = f"not home after {self._max_run_s:g} s; motor stopped"
+                # The shopper has the product if it fell: that is a sale, whatever the cam says.
+                outcome = VendOutcome.DELIVERED if self._dropped else VendOutcome.JAMMED
+                finished = self._finish(outcome, stopped, now)
             elif self._phase is _Phase.AWAIT_DROP:
                 if self._turns <= self._retry_turns:
                     self._start_turn(now)

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from drivers.base import DeviceError
 from kiosk import config as config_mod
 from kiosk import reports
-from kiosk.errors import KioskError
+from kiosk.errors import KioskError, LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     db = connect(path, read_only=True)
     try:
         checks = reports.verify(db)
+    except sqlite3.Error as err:  # a database, but not a kiosk ledger
+        raise LedgerError(f"ledger {path}: cannot verify: {err}") from err
     finally:
         db.close()
     if args.json:
@@ -77,7 +80,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = config_mod.load(args.file)
-    print(f"{args.file}: ok ({len(config.slots)} slots, coin acceptor {config.coin_acceptor.driver})")
+    print(
+        f"{args.file}: ok ({len(config.slots)} slots, coin acceptor {config.coin_acceptor.driver})"
+    )
     return 0
 
 
@@ -91,8 +96,12 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     def config_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", metavar="FILE",
-                       help="configuration profile (default: $KIOSK_CONFIG or config/sim.toml)")
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help="configuration profile (default: $KIOSK_CONFIG or config/sim.toml)",
+        )
 
     p = add("run", "run the kiosk daemon on the configured hardware", cmd_run)
     config_option(p)
@@ -101,8 +110,12 @@ def parser() -> argparse.ArgumentParser:
     p = add("demo", "run the kiosk on the simulator", cmd_demo)
     config_option(p)
     p.add_argument("--db", metavar="PATH", help="ledger file (default: a temporary one)")
-    p.add_argument("--shoppers", type=int, metavar="N",
-                   help="headless: N random shoppers on simulated time, then a summary")
+    p.add_argument(
+        "--shoppers",
+        type=int,
+        metavar="N",
+        help="headless: N random shoppers on simulated time, then a summary",
+    )
     p.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
     p.add_argument("--json", action="store_true", help="headless summary as JSON")
 
@@ -115,8 +128,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = add("config", "configuration tools", lambda args: 2)
     config_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    check = config_sub.add_parser("check", help="validate a configuration file",
-                                  description="validate a configuration file")
+    check = config_sub.add_parser(
+        "check", help="validate a configuration file", description="validate a configuration file"
+    )
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_config_check)
     return top
@@ -126,8 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command != "run":  # the daemon configures its own logging
         debug = os.environ.get("KIOSK_DEBUG") == "1"
-        logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR,
-                            format="kiosk: %(levelname)s: %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.ERROR,
+            format="kiosk: %(levelname)s: %(name)s: %(message)s",
+        )
     if args.command == "demo" and args.shoppers is not None and args.shoppers < 0:
         parser().error("--shoppers must be 0 or more")
     try:

@@ -10,6 +10,7 @@ Precedence: command-line flag > KIOSK_<SECTION>_<KEY> environment variable > fil
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -125,16 +126,23 @@ def load(path: str | Path, env: Mapping[str, str] | None = None, **overrides: An
             data = tomllib.load(fh)
     except OSError as err:
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
-    except tomllib.TOMLDecodeError as err:
+    except ValueError as err:  # TOMLDecodeError, UnicodeDecodeError, an over-long integer
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    _apply_environment(data, os.environ if env is None else env)
+    _apply_environment(data, os.environ if env is None else env, str(path))
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
-        data.setdefault(section, {})[key] = value
+        _override(data, section, key, value, str(path))
     return parse(data, str(path))
 
 
-def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
+def _override(data: dict[str, Any], section: str, key: str, value: Any, source: str) -> None:
+    table = data.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: {section}: must be a table to set {section}.{key}")
+    table[key] = value
+
+
+def _apply_environment(data: dict[str, Any], env: Mapping[str, str], source: str) -> None:
     for name, raw in env.items():
         if not name.startswith("KIOSK_"):
             continue
@@ -145,16 +153,18 @@ def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
         key = rest[len(section) + 1 :]
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+        except ValueError:
             value = raw
-        data.setdefault(section, {})[key] = value
+        _override(data, section, key, value, source)
 
 
 def parse(data: dict[str, Any], source: str) -> Config:
     known = {*SECTIONS, "slots", "coin_acceptor"}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{source}: {key}: unknown section (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{source}: {key}: unknown section (known: {', '.join(sorted(known))})"
+            )
     sections = {
         name: _build(cls, _table(data, name, source), name, source)
         for name, cls in SECTIONS.items()
@@ -185,7 +195,7 @@ def _as_table(value: Any, where: str, source: str) -> dict[str, Any]:
 def _coin_acceptor(table: dict[str, Any], kiosk: KioskSection, source: str) -> CoinAcceptorSection:
     table = dict(table)
     driver = table.pop("driver", None)
-    if driver not in ACCEPTOR_DRIVERS:
+    if not isinstance(driver, str) or driver not in ACCEPTOR_DRIVERS:
         raise ConfigError(
             f"{source}: coin_acceptor.driver: must be one of {', '.join(ACCEPTOR_DRIVERS)} "
             f"(got {driver!r})"
@@ -205,9 +215,7 @@ def _build(cls: type, table: dict[str, Any], where: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     for key in table:
         if key not in fields:
-            raise ConfigError(
-                f"{source}: {where}.{key}: unknown key (known: {', '.join(fields)})"
-            )
+            raise ConfigError(f"{source}: {where}.{key}: unknown key (known: {', '.join(fields)})")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         key = f"{where}.{name}"
@@ -248,6 +256,8 @@ def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str, sourc
             keys = [k_type(k) for k in value]
         except ValueError:
             raise fail(f"keys must be {k_type.__name__}") from None
+        if len(set(keys)) != len(keys):
+            raise fail("has keys that name the same value")
         return {
             k: _check_value(v, v_type, meta, f"{key}.{k}", source)
             for k, v in zip(keys, value.values(), strict=True)
@@ -258,6 +268,8 @@ def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str, sourc
         raise fail("must be true or false")
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise fail(f"must be {_type_name(hint)}")
+    if hint is float and not math.isfinite(value):
+        raise fail("must be a finite number")  # NaN would slip past every range check
     if "min" in meta and value < meta["min"]:
         raise fail(f"must be at least {meta['min']}")
     if "max" in meta and value > meta["max"]:
@@ -283,7 +295,7 @@ def _check_whole(config: Config) -> None:
         if slot.initial_quantity is not None and slot.initial_quantity > slot.capacity:
             raise ConfigError(f"{src}: slots[{i}].initial_quantity: more than the capacity")
     if config.credit.leftover == "donate" and not config.credit.beneficiary:
-        raise ConfigError(f"{src}: credit.beneficiary: required when leftover = \"donate\"")
+        raise ConfigError(f'{src}: credit.beneficiary: required when leftover = "donate"')
     owners: dict[int, str] = {}
     for key, pin in _pins(config):
         if pin in owners:
@@ -292,7 +304,10 @@ def _check_whole(config: Config) -> None:
 
 
 def _pins(config: Config) -> list[tuple[str, int]]:
-    pins = [("panel.cancel_pin", config.panel.cancel_pin), ("panel.door_pin", config.panel.door_pin)]
+    pins = [
+        ("panel.cancel_pin", config.panel.cancel_pin),
+        ("panel.door_pin", config.panel.door_pin),
+    ]
     pins.append(("dispenser.drop_pin", config.dispenser.drop_pin))
     for i, slot in enumerate(config.slots):
         for name in ("motor_pin", "home_pin", "button_pin", "led_pin"):

@@ -113,8 +113,9 @@ class Controller:
         self.model.door_open = self.hw.panel.door_is_open
         self._reload_slots()
         self.model.ready()
-        log.info("kiosk %s ready: %s, credit %d c", self.config.kiosk.id, self.state,
-                 self.credit_cents)
+        log.info(
+            "kiosk %s ready: %s, credit %d c", self.config.kiosk.id, self.state, self.credit_cents
+        )
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -255,7 +256,9 @@ class Controller:
             log.info("sale: slot %d %s, credit left %d c", slot_id, product, self.credit_cents)
             self._say("thanks", product=product)
         else:
-            self.ledger.fail_vend(vend_id, event.outcome, event.detail, SLOT_FAULTS.get(event.outcome))
+            self.ledger.fail_vend(
+                vend_id, event.outcome, event.detail, SLOT_FAULTS.get(event.outcome)
+            )
             self._say("vend_failed", credit=self.credit_cents)
         self._reload_slots()
         self.model.vend_done()
@@ -354,8 +357,13 @@ class Controller:
         lang, state = self._lang, self.state
         if state is State.CREDIT and self._donate_at is not None:
             seconds = max(0, math.ceil(self._donate_at - self.clock.monotonic()))
-            return text(lang, "donating", credit=self.credit_cents, seconds=seconds,
-                        beneficiary=self.config.credit.beneficiary)
+            return text(
+                lang,
+                "donating",
+                credit=self.credit_cents,
+                seconds=seconds,
+                beneficiary=self.config.credit.beneficiary,
+            )
         if state is State.CREDIT:
             return text(lang, "credit", credit=self.credit_cents)
         if state is State.IDLE:

@@ -103,7 +103,9 @@ class Ledger:
                     "SELECT product, price_cents, capacity FROM stock WHERE slot = ?", [slot.id]
                 ).fetchone()
                 if row is None:
-                    quantity = slot.capacity if slot.initial_quantity is None else slot.initial_quantity
+                    quantity = (
+                        slot.capacity if slot.initial_quantity is None else slot.initial_quantity
+                    )
                     self.db.execute(
                         "INSERT INTO stock (slot, product, price_cents, quantity, capacity) "
                         "VALUES (?, ?, ?, ?, ?)",
@@ -112,7 +114,8 @@ class Ledger:
                     self._count(at, slot.id, "count", quantity, "config")
                 elif tuple(row) != (slot.product, slot.price_cents, slot.capacity):
                     self.db.execute(
-                        "UPDATE stock SET product = ?, price_cents = ?, capacity = ? WHERE slot = ?",
+                        "UPDATE stock SET product = ?, price_cents = ?, capacity = ? "
+                        "WHERE slot = ?",
                         [slot.product, slot.price_cents, slot.capacity, slot.id],
                     )
                     detail = f"{row[0]} {row[1]} c -> {slot.product} {slot.price_cents} c"
@@ -248,9 +251,7 @@ class Ledger:
                 "VALUES (?, ?, ?, ?)",
                 [at, session, amount, beneficiary],
             )
-            self.db.execute(
-                "UPDATE credit_sessions SET balance_cents = 0 WHERE id = ?", [session]
-            )
+            self.db.execute("UPDATE credit_sessions SET balance_cents = 0 WHERE id = ?", [session])
             self._close_if_empty(at, session, "donated")
         return int(amount)
 
@@ -275,7 +276,9 @@ class Ledger:
     def clear_slot_faults(self, actor: str) -> list[int]:
         """A technician serviced the kiosk: faulty slots are offered again."""
         with self._tx() as at:
-            slots = [r[0] for r in self.db.execute("SELECT slot FROM stock WHERE fault IS NOT NULL")]
+            slots = [
+                r[0] for r in self.db.execute("SELECT slot FROM stock WHERE fault IS NOT NULL")
+            ]
             for slot in slots:
                 self.db.execute("UPDATE stock SET fault = NULL WHERE slot = ?", [slot])
                 self._event(at, "slot_fault_cleared", "", slot, actor)
@@ -287,7 +290,9 @@ class Ledger:
         with self._tx() as at:
             self._event(at, kind, detail, slot, actor)
 
-    def _event(self, at: str, kind: str, detail: str, slot: int | None, actor: str = "kiosk") -> None:
+    def _event(
+        self, at: str, kind: str, detail: str, slot: int | None, actor: str = "kiosk"
+    ) -> None:
         self.db.execute(
             "INSERT INTO events (at, kind, slot, detail, actor) VALUES (?, ?, ?, ?, ?)",
             [at, kind, slot, detail, actor],

@@ -98,7 +98,9 @@ def check_stock(db: Database) -> Check:
             "SELECT sum(quantity) FROM stock_counts WHERE slot = ? AND kind = 'refill' AND id > ?",
             [slot, count_id],
         )
-        sold = _scalar(db, "SELECT count(*) FROM sales WHERE slot = ? AND id > ?", [slot, last_sale])
+        sold = _scalar(
+            db, "SELECT count(*) FROM sales WHERE slot = ? AND id > ?", [slot, last_sale]
+        )
         expected = counted + refills - sold
         if expected != quantity:
             check.differences.append(
@@ -151,7 +153,7 @@ def totals(db: Database) -> Totals:
 def recent_events(db: Database, limit: int = 5) -> list[tuple[str, str, int | None, str]]:
     """The newest ledger lines of any kind (coins, sales, donations, events), newest first."""
     return [
-        tuple(row)  # type: ignore[misc]
+        tuple(row)
         for row in db.execute(
             """
             SELECT at, what, slot, detail FROM (

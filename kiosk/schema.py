@@ -108,9 +108,7 @@ def connect(path: str | Path, *, read_only: bool = False) -> Database:
     """Open the ledger with the durability settings every connection needs."""
     try:
         if read_only:
-            conn = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000
-            )
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         else:
             conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
         db = Database(conn)

@@ -24,7 +24,7 @@ EPOCH = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 class _Entry:
     at: float
     seq: int
-    action: Callable[[], None] = field(compare=False)
+    action: Callable[[], object] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
 
 
@@ -64,7 +64,7 @@ class SimClock:
             nxt = self._next_at()
             limit = min(math.inf if deadline is None else deadline, self.horizon)
             if nxt <= limit:
-                self._run_next()
+                self.run_next()
                 continue
             self.exhausted = nxt == math.inf and deadline is None
             if not self.exhausted:
@@ -73,13 +73,13 @@ class SimClock:
 
     # --- the world's scheduler ------------------------------------------------------------
 
-    def call_at(self, at: float, action: Callable[[], None]) -> Timer:
+    def call_at(self, at: float, action: Callable[[], object]) -> Timer:
         entry = _Entry(max(at, self.now), next(self._seq), action)
         heapq.heappush(self._heap, entry)
         self.exhausted = False
         return Timer(entry)
 
-    def call_later(self, delay_s: float, action: Callable[[], None]) -> Timer:
+    def call_later(self, delay_s: float, action: Callable[[], object]) -> Timer:
         return self.call_at(self.now + delay_s, action)
 
     @property
@@ -91,7 +91,8 @@ class SimClock:
             heapq.heappop(self._heap)
         return self._heap[0].at if self._heap else math.inf
 
-    def _run_next(self) -> None:
+    def run_next(self) -> None:
+        """Carry out the next scheduled world action (the core is not run)."""
         entry = heapq.heappop(self._heap)
         self.now = max(self.now, entry.at)
         entry.action()

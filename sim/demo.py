@@ -34,16 +34,20 @@ def _ledger_path(db: str | None) -> Iterator[Path]:
         yield Path(tmp) / "demo.db"
 
 
-def headless(config: Config, shoppers: int, seed: int, db: str | None, *,
-             as_json: bool = False) -> int:
+def headless(
+    config: Config, shoppers: int, seed: int, db: str | None, *, as_json: bool = False
+) -> int:
     with _ledger_path(db) as path:
         rig = SimKiosk(config, path)
         try:
             outcome = simulate(rig, shoppers, seed)
         finally:
             rig.close()
-    print(json.dumps(_as_dict(outcome, shoppers, seed), indent=2) if as_json
-          else summary(outcome, config, shoppers, seed))
+    print(
+        json.dumps(_as_dict(outcome, shoppers, seed), indent=2)
+        if as_json
+        else summary(outcome, config, shoppers, seed)
+    )
     return 0 if outcome.ok else 1
 
 
@@ -185,10 +189,11 @@ class _Screen:
                 f"stock {slot.quantity}/{slot.capacity}{fault}"
             )
         rows += ["", "ledger, newest first:"]
-        rows += [f"  {at[11:19]} {what:<18} {'' if s is None else 'slot ' + str(s)} {detail}"
-                 for at, what, s, detail in reports.recent_events(rig.ledger.db, 6)]
-        rows += ["", "keys: 1 2 5 coin  a b c.. slot  x cancel  d door  j jam  q quit",
-                 self.note]
+        rows += [
+            f"  {at[11:19]} {what:<18} {'' if s is None else 'slot ' + str(s)} {detail}"
+            for at, what, s, detail in reports.recent_events(rig.ledger.db, 6)
+        ]
+        rows += ["", "keys: 1 2 5 coin  a b c.. slot  x cancel  d door  j jam  q quit", self.note]
         height, cols = screen.getmaxyx()
         for y, row in enumerate(rows[: height - 1]):
             screen.addstr(y, 0, row[: cols - 1])

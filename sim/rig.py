@@ -21,8 +21,15 @@ from sim.world import World
 
 
 class SimKiosk:
-    def __init__(self, config: Config, db_path: str | Path, *, start: bool = True,
-                 world: World | None = None, clock: SimClock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db_path: str | Path,
+        *,
+        start: bool = True,
+        world: World | None = None,
+        clock: SimClock | None = None,
+    ) -> None:
         self.config = config
         self.db_path = str(db_path)
         self.clock = clock or SimClock()

@@ -47,8 +47,9 @@ class Tally:
 class Process:
     """Runs a generator that yields delays (seconds) on the simulated clock."""
 
-    def __init__(self, clock: SimClock, steps: Iterator[float],
-                 on_done: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, clock: SimClock, steps: Iterator[float], on_done: Callable[[], None] = lambda: None
+    ) -> None:
         self.clock = clock
         self.steps = steps
         self.on_done = on_done
@@ -126,8 +127,11 @@ class Population:
             yield 1.0
             while ctl.state is State.VENDING:
                 yield 1.0
-            choices = [s for s, state in ctl.slots.items()
-                       if state.sellable and state.price_cents <= ctl.credit_cents]
+            choices = [
+                s
+                for s, state in ctl.slots.items()
+                if state.sellable and state.price_cents <= ctl.credit_cents
+            ]
             if ctl.state is not State.CREDIT or not choices:
                 return
             if rng.random() < 0.5:
@@ -148,7 +152,15 @@ class Population:
                 if world.insert_coin(value):
                     break
                 yield 1.5
-            yield rng.uniform(1.0, 3.0)
+            yield from self._watch_credit(ctl.credit_cents)
+            yield rng.uniform(0.3, 2.0)
+
+    def _watch_credit(self, before: int) -> Iterator[float]:
+        """Most shoppers wait to see the coin on the display before the next one."""
+        for _ in range(12):
+            if self.rig.controller.credit_cents != before or self.rng.random() < 0.1:
+                return
+            yield 0.25
 
     # --- the world's misfortunes ------------------------------------------------------------
 
@@ -171,7 +183,9 @@ class Population:
             world.clock.call_later(rng.uniform(30, 600), lambda: world.stick_drop_sensor(False))
         if self._fault("noise_glitches"):
             for _ in range(rng.randint(1, 5)):
-                world.clock.call_later(rng.uniform(0, 5), lambda: world.noise(rng.uniform(0.001, 0.02)))
+                world.clock.call_later(
+                    rng.uniform(0, 5), lambda: world.noise(rng.uniform(0.001, 0.02))
+                )
         if self._fault("noise_pulse"):
             world.noise(0.05)
 

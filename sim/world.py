@@ -10,6 +10,7 @@ to compare with the ledger.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +40,7 @@ class SimPin(MockPin):
     def _change_state(self, value: bool) -> bool:
         changed = bool(super()._change_state(value))
         if changed and self._function == "output":
-            self.factory.output_changed(self.info.name, value)  # type: ignore[attr-defined]
+            self.factory.output_changed(self.info.name, value)
         return changed
 
     def _set_pull(self, value: str) -> None:
@@ -63,7 +64,8 @@ class SimFactory(MockFactory):
         self._listeners: dict[str, Callable[[bool], None]] = {}
 
     def gpio(self, number: int) -> SimPin:
-        return self.pin(f"GPIO{number}")  # type: ignore[no-any-return]
+        pin: SimPin = self.pin(f"GPIO{number}")
+        return pin
 
     def listen(self, number: int, listener: Callable[[bool], None]) -> None:
         self._listeners[f"GPIO{number}"] = listener
@@ -90,13 +92,20 @@ class Truth:
 class PulseCoinMech:
     """A pulse acceptor: accepts a programmed coin unless inhibited, then sends its train."""
 
-    def __init__(self, settings: PulseSettings, factory: SimFactory, clock: SimClock,
-                 truth: Truth, *, gap_ms: float = 100.0, validate_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        settings: PulseSettings,
+        factory: SimFactory,
+        clock: SimClock,
+        truth: Truth,
+        *,
+        validate_s: float = 0.3,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.truth = truth
         self.width_s = settings.pulse_ms / 1000
-        self.gap_s = gap_ms / 1000
+        self.gap_s = settings.gap_ms / 1000
         self.validate_s = validate_s
         self.line = factory.gpio(settings.coin_pin)
         self.line.drive(True)
@@ -112,6 +121,11 @@ class PulseCoinMech:
     @property
     def busy(self) -> bool:
         return self.clock.now < self._free_at
+
+    @property
+    def quiet(self) -> bool:
+        """No train on the line, and the last one is at least an end gap old."""
+        return self.clock.now >= self._free_at + self.settings.end_gap_ms / 1000
 
     def insert(self, value_cents: int) -> bool:
         """A coin dropped in the slot; True if accepted into the cash box."""
@@ -132,8 +146,10 @@ class PulseCoinMech:
         self._free_at = start + count * period - self.gap_s
 
     def noise(self, width_s: float) -> bool:
-        """A spurious low pulse on the line, when no train is being sent."""
-        if self.busy:
+        """A spurious low pulse on an idle line. Noise on top of, or right next to, a coin's train
+        corrupts that train in a way no host can undo (the kiosk refuses the train and records
+        it), so the simulated noise keeps an end gap away from trains."""
+        if not self.quiet:
             return False
         self._train(self.clock.now, 1, width_s)
         return True
@@ -145,8 +161,9 @@ class Spiral:
     DROP_AT = 0.85  # fraction of a turn at which the front product falls
     LEAVE_AT = 0.05  # fraction of a turn at which the cam releases the home switch
 
-    def __init__(self, slot: int, home: SimPin, world: World, stock: int,
-                 revolution_s: float) -> None:
+    def __init__(
+        self, slot: int, home: SimPin, world: World, stock: int, revolution_s: float
+    ) -> None:
         self.slot = slot
         self.home = home
         self.world = world
@@ -205,8 +222,14 @@ class Spiral:
 class World:
     """Everything outside the kiosk for one configuration, on one SimFactory and SimClock."""
 
-    def __init__(self, config: Config, clock: SimClock, factory: SimFactory | None = None,
-                 *, revolution_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: SimClock,
+        factory: SimFactory | None = None,
+        *,
+        revolution_s: float = 2.0,
+    ) -> None:
         if config.coin_acceptor.driver != "pulse":
             raise ValueError(f"the simulated world has no {config.coin_acceptor.driver} acceptor")
         self.config = config
@@ -284,11 +307,13 @@ class World:
     def burst(self, values: list[int], spacing_s: float = 0.05) -> None:
         """Coins dropped in quick succession, faster than the acceptor sends their trains."""
         for i, value in enumerate(values):
-            self.clock.call_later(i * spacing_s, lambda v=value: self.insert_coin(v))
+            self.clock.call_later(i * spacing_s, functools.partial(self.insert_coin, value))
 
     def product_falls(self, slot: int) -> None:
         self.truth.delivered[slot] += 1
         if self.drop_stuck:
             return
         self.drop.drive(False)
-        self.clock.call_later(DROP_PULSE_S, lambda: None if self.drop_stuck else self.drop.drive(True))
+        self.clock.call_later(
+            DROP_PULSE_S, lambda: None if self.drop_stuck else self.drop.drive(True)
+        )

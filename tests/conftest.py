@@ -25,9 +25,10 @@ def config() -> Config:
 
 
 def with_changes(config: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of `config` with some keys of some sections changed, e.g. credit={"leftover": "keep"}."""
-    changed = {name: dataclasses.replace(getattr(config, name), **keys)
-               for name, keys in sections.items()}
+    """A copy of `config` with keys of some sections changed: credit={"leftover": "keep"}."""
+    changed = {
+        name: dataclasses.replace(getattr(config, name), **keys) for name, keys in sections.items()
+    }
     return dataclasses.replace(config, **changed)
 
 

@@ -67,7 +67,9 @@ def test_a_button_without_credit_shows_the_price(kiosk: SimKiosk) -> None:
 
 def test_a_sold_out_slot_goes_dark_and_says_so(make_kiosk: KioskMaker, config: Config) -> None:
     one_left = dataclasses.replace(config.slots[1], initial_quantity=1)
-    kiosk = make_kiosk(dataclasses.replace(config, slots=(config.slots[0], one_left, config.slots[2])))
+    kiosk = make_kiosk(
+        dataclasses.replace(config, slots=(config.slots[0], one_left, config.slots[2]))
+    )
     kiosk.world.spirals[2].stock = 1
     pay(kiosk, 5, 5, 5, 5)
     buy(kiosk, 2)
@@ -299,7 +301,9 @@ def test_english_texts(make_kiosk: KioskMaker, config: Config) -> None:
     assert kiosk.display == ("15 c missing", "Cookie bio 20 c")
 
 
-def test_an_unexpected_error_stops_selling_safely(kiosk: SimKiosk, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unexpected_error_stops_selling_safely(
+    kiosk: SimKiosk, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pay(kiosk, 5, 5)
     kiosk.world.press(2)
     kiosk.run_for(0.3)

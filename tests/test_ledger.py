@@ -65,7 +65,10 @@ def test_a_coin_and_its_credit_commit_together(books: Ledger) -> None:
     assert books.record_coin(5) == 5
     assert books.record_coin(2) == 7
     assert books.db.execute("SELECT count(*) FROM credit_sessions").fetchone()[0] == 1
-    assert dict(books.db.execute("SELECT value_cents, count FROM cashbox").fetchall()) == {5: 1, 2: 1}
+    assert dict(books.db.execute("SELECT value_cents, count FROM cashbox").fetchall()) == {
+        5: 1,
+        2: 1,
+    }
 
 
 def test_a_failing_write_leaves_nothing_behind(books: Ledger) -> None:
@@ -129,7 +132,9 @@ def test_interrupted_vends_are_resolved_without_charge(books: Ledger, db_path: P
     assert failed(db_path) == {}
 
 
-def test_slot_changes_in_the_config_are_followed_and_recorded(books: Ledger, config: Config) -> None:
+def test_slot_changes_in_the_config_are_followed_and_recorded(
+    books: Ledger, config: Config
+) -> None:
     import dataclasses
 
     cheaper = dataclasses.replace(config.slots[0], price_cents=18)

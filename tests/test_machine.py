@@ -93,10 +93,14 @@ def test_diagram_shows_every_state_and_transition() -> None:
     diagram = mermaid()
     assert diagram.startswith("stateDiagram-v2")
     for state in State:
-        assert f"state \"{state.name}\" as {state.name}" in diagram
+        assert f'state "{state.name}" as {state.name}' in diagram
     for trigger, source, dest, _ in _cases():
         line = next(
-            (ln for ln in diagram.splitlines() if ln.strip().startswith(f"{source.name} --> {dest.name}:")),
+            (
+                ln
+                for ln in diagram.splitlines()
+                if ln.strip().startswith(f"{source.name} --> {dest.name}:")
+            ),
             "",
         )
         assert trigger in line, (trigger, source, dest)

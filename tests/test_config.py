@@ -1,0 +1,365 @@
+"""Configuration loading: the sim profile into frozen dataclasses, every kind of error naming the
+file, the key and the reason, and the precedence flag > KIOSK_* environment > file > default.
+
+Variants of config/sim.toml are built by editing its parsed data at a dotted key such as
+`slots[1].price_cents` and writing it back with a small TOML writer.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.pulse import PulseSettings
+from kiosk import config as config_mod
+from kiosk.config import Config
+from kiosk.errors import ConfigError, KioskError
+
+SIM = config_mod.DEFAULT_PROFILE
+SIM_DATA: dict[str, Any] = tomllib.loads(SIM.read_text())
+DELETE = object()  # as a value: remove the key
+
+
+# --- a small TOML writer and an editor of dotted keys -------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # nan, inf and -inf are TOML too
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def _is_table_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Top-level keys, then [tables], then [[arrays of tables]], as TOML requires."""
+    lines = [
+        f"{k} = {_toml_value(v)}"
+        for k, v in data.items()
+        if not isinstance(v, dict) and not _is_table_list(v)
+    ]
+    for name, table in data.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in table.items())]
+    for name, tables in data.items():
+        if _is_table_list(tables):
+            for table in tables:
+                lines += ["", f"[[{name}]]", *(f"{k} = {_toml_value(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+def edited(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of `data` with `dotted` ("credit.leftover", "slots[1].price_cents") set or deleted."""
+    data = copy.deepcopy(data)
+    *parents, last = re.findall(r"[^.\[\]]+|\[\d+\]", dotted)
+    node: Any = data
+    for token in parents:
+        node = node[int(token[1:-1])] if token.startswith("[") else node.setdefault(token, {})
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+def write_profile(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "variant.toml"
+    path.write_text(dump_toml(data))
+    return path
+
+
+def write_variant(tmp_path: Path, dotted: str, value: Any) -> Path:
+    return write_profile(tmp_path, edited(SIM_DATA, dotted, value))
+
+
+def load_error(path: Path, **overrides: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path, env={}, **overrides)
+    return str(info.value)
+
+
+# --- the sim profile ----------------------------------------------------------------------------
+
+
+def test_sim_profile_loads_into_frozen_dataclasses() -> None:
+    config = config_mod.load(SIM, env={})
+    assert config.source == str(SIM)
+    assert (config.kiosk.id, config.kiosk.language) == ("sim-001", "fr")
+    assert config.kiosk.accepted_coins_cents == (1, 2, 5)
+    assert config.credit.inactivity_timeout_s == 45.0
+    assert isinstance(config.credit.inactivity_timeout_s, float)
+    assert [s.id for s in config.slots] == [1, 2, 3]
+    assert config.slot(2).price_cents == 10
+    assert config.slot(1).initial_quantity is None
+    assert config.coin_acceptor.driver == "pulse"
+    settings = config.coin_acceptor.settings
+    assert isinstance(settings, PulseSettings)
+    assert settings.pulses == {1: 2, 2: 4, 5: 10}
+    assert settings.pulse_ms == 50.0
+    for part, name in [(config, "ledger"), (config.credit, "leftover"), (config.slots[0], "id")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(part, name, getattr(part, name))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.pulse_ms = 1.0
+
+
+def test_the_variant_writer_round_trips_the_sim_profile(tmp_path: Path) -> None:
+    copied = config_mod.load(write_profile(tmp_path, SIM_DATA), env={})
+    assert dataclasses.replace(copied, source=str(SIM)) == config_mod.load(SIM, env={})
+
+
+def test_optional_sections_fall_back_to_their_defaults(tmp_path: Path) -> None:
+    data = {k: v for k, v in SIM_DATA.items() if k not in ("display", "ledger")}
+    config = config_mod.load(write_profile(tmp_path, data), env={})
+    assert (config.display.columns, config.display.message_s) == (20, 3.0)
+    assert config.ledger.path == "kiosk.db"
+
+
+# --- files that cannot be read or parsed --------------------------------------------------------
+
+
+def test_a_missing_file_or_a_directory_cannot_be_read(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.toml"
+    assert load_error(path) == f"{path}: cannot read: No such file or directory"
+    assert load_error(tmp_path).startswith(f"{tmp_path}: cannot read: ")
+    assert issubclass(ConfigError, KioskError) and issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'[kiosk]\nname = "Centimeo\n',  # unterminated string
+        b"[kiosk]\nid = sim-001\n",  # bare word
+        b'[kiosk]\nname = "Cr\xeape"\n',  # Latin-1, not UTF-8
+        b"[display]\ncolumns = " + b"1" * 5000 + b"\n",  # beyond int()'s digit limit
+    ],
+    ids=["unterminated", "bare-word", "latin-1", "huge-integer"],
+)
+def test_a_file_that_is_not_toml_is_named(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_bytes(content)
+    assert load_error(path).startswith(f"{path}: not valid TOML")
+
+
+# --- keys: unknown, wrong type, out of range, choices, missing ----------------------------------
+
+PULSES = "coin_acceptor.pulses"
+BAD_VALUES = [
+    # (dotted key to set, and that the message names; value; reason)
+    ("credit.refund", True, "unknown key"),
+    ("slots[1].colour", "red", "unknown key"),
+    ("coin_acceptor.baud", 9600, "unknown key"),
+    ("display.columns", "20", "must be an integer"),
+    ("dispenser.retry_turns", True, "must be an integer"),
+    ("panel.cancel_pin", 26.0, "must be an integer"),
+    ("display.message_s", "3 s", "must be a number"),
+    ("dispenser.max_run_s", True, "must be a number"),
+    ("coin_acceptor.inhibit_active_high", 1, "must be true or false"),
+    ("kiosk.name", 5, "must be a string"),
+    ("kiosk.accepted_coins_cents", [], "must be a non-empty list"),
+    ("kiosk.accepted_coins_cents", [1, 1, 2, 5], "has duplicates"),
+    ("kiosk.accepted_coins_cents", [0, 1, 2, 5], "must be at least 1"),
+    ("slots[1].price_cents", 0, "must be at least 1"),
+    ("slots[2].led_pin", 40, "must be at most 27"),
+    ("coin_acceptor.coin_pin", -1, "must be at least 0"),
+    ("credit.inactivity_timeout_s", 2, "must be at least 5.0"),
+    ("credit.inactivity_timeout_s", math.inf, "must be a finite number"),
+    ("credit.inactivity_timeout_s", math.nan, "must be a finite number"),
+    ("coin_acceptor.pulse_ms", math.nan, "must be a finite number"),
+    ("display.columns", 100, "must be at most 40"),
+    ("kiosk.language", "de", "must be one of fr, en"),
+    ("credit.leftover", "refund", "must be one of keep, donate"),
+    ("kiosk.id", "sim 001", "must be letters, digits and dashes"),
+    ("kiosk.name", DELETE, "missing"),
+    ("slots[2].product", DELETE, "missing"),
+    ("coin_acceptor.coin_pin", DELETE, "missing"),
+    ("ledger", "kiosk.db", "must be a table"),
+    ("slots", DELETE, "at least one [[slots]] table"),
+    ("slots", [], "at least one [[slots]] table"),
+    ("slots[2].id", 1, "slot 1 is defined twice"),
+    ("slots[0].initial_quantity", 13, "more than the capacity"),
+    ("credit.beneficiary", DELETE, 'required when leftover = "donate"'),
+    ("coin_acceptor.driver", "cctalk", "must be one of pulse"),
+    ("coin_acceptor.driver", ["pulse"], "must be one of pulse"),
+    ("coin_acceptor.driver", DELETE, "must be one of pulse"),
+    (PULSES, {"1": 1, "2": 4, "5": 10}, "a one-pulse code cannot be told from noise"),
+    (PULSES, {"1": 2, "2": 4}, "no pulse count for accepted coin(s) [5]"),
+    (PULSES, {"1": 2, "2": 4, "5": 10, "10": 20}, "[10] c are not accepted coins"),
+    (PULSES, {"1": 2, "2": 2, "5": 10}, "two coins share a pulse count"),
+    (PULSES, {"1": 2, "01": 3, "2": 4, "5": 10}, "has keys that name the same value"),
+    (PULSES, {"one": 2, "2": 4, "5": 10}, "keys must be int"),
+    (PULSES, {}, "must be a non-empty table"),
+    ("coin_acceptor.end_gap_ms", 150, "longer than the longest gap inside a train"),
+]
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "reason"),
+    BAD_VALUES,
+    ids=[f"{d}={'DELETE' if v is DELETE else v!r}"[:60] for d, v, _ in BAD_VALUES],
+)
+def test_a_bad_value_names_the_file_the_key_and_the_reason(
+    tmp_path: Path, dotted: str, value: Any, reason: str
+) -> None:
+    path = write_variant(tmp_path, dotted, value)
+    message = load_error(path)
+    assert message.startswith(f"{path}: {dotted}")
+    assert reason in message
+
+
+def test_an_unknown_section_and_a_slot_that_is_no_table_are_named(tmp_path: Path) -> None:
+    message = load_error(write_variant(tmp_path, "extras.foo", 1))
+    assert message.startswith(f"{tmp_path / 'variant.toml'}: extras: unknown section (known: ")
+    message = load_error(write_variant(tmp_path, "slots", [{**SIM_DATA["slots"][0]}, 7]))
+    assert message.endswith(": slots[1]: must be a table")
+
+
+@pytest.mark.parametrize(
+    ("dotted", "pin", "first", "second"),
+    [
+        ("panel.door_pin", 17, "panel.door_pin", "coin_acceptor.coin_pin"),
+        ("slots[2].motor_pin", 6, "slots[0].home_pin", "slots[2].motor_pin"),
+        ("coin_acceptor.inhibit_pin", 4, "dispenser.drop_pin", "coin_acceptor.inhibit_pin"),
+    ],
+)
+def test_a_pin_used_twice_names_both_keys(
+    tmp_path: Path, dotted: str, pin: int, first: str, second: str
+) -> None:
+    path = write_variant(tmp_path, dotted, pin)
+    assert load_error(path) == f"{path}: {second}: GPIO{pin} is already used by {first}"
+
+
+def test_keep_policy_needs_no_beneficiary(tmp_path: Path) -> None:
+    data = edited(edited(SIM_DATA, "credit.beneficiary", DELETE), "credit.leftover", "keep")
+    assert config_mod.load(write_profile(tmp_path, data), env={}).credit.beneficiary == ""
+
+
+# --- precedence: keyword override > KIOSK_* environment > file > default ------------------------
+
+
+def test_environment_overrides_the_file_and_is_checked_like_it() -> None:
+    assert config_mod.load(SIM, env={}).credit.leftover == "donate"
+    config = config_mod.load(SIM, env={"KIOSK_CREDIT_LEFTOVER": "keep"})
+    assert config.credit.leftover == "keep"
+    with pytest.raises(ConfigError, match=r"credit\.leftover: must be one of keep, donate"):
+        config_mod.load(SIM, env={"KIOSK_CREDIT_LEFTOVER": "give"})
+
+
+def test_environment_values_are_read_as_toml_values() -> None:
+    env = {"KIOSK_COIN_ACCEPTOR_PULSE_MS": "40", "KIOSK_KIOSK_ACCEPTED_COINS_CENTS": "[1, 2]"}
+    config = config_mod.load(SIM, env={**env, "KIOSK_COIN_ACCEPTOR_PULSES": "{ 1 = 2, 2 = 4 }"})
+    assert config.coin_acceptor.settings.pulse_ms == 40.0
+    assert config.kiosk.accepted_coins_cents == (1, 2)
+    assert config.coin_acceptor.settings.pulses == {1: 2, 2: 4}
+
+
+def test_environment_names_outside_the_sections_are_ignored() -> None:
+    env = {"KIOSK_CONFIG": "other.toml", "KIOSK_DEBUG": "1", "CREDIT_LEFTOVER": "keep"}
+    assert config_mod.load(SIM, env=env) == config_mod.load(SIM, env={})
+
+
+def test_without_env_argument_the_process_environment_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [n for n in os.environ if n.startswith("KIOSK_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("KIOSK_DISPLAY_COLUMNS", "24")
+    assert config_mod.load(SIM).display.columns == 24
+
+
+def test_a_keyword_override_beats_environment_and_file() -> None:
+    env = {"KIOSK_LEDGER_PATH": "env.db"}
+    assert config_mod.load(SIM, env={}).ledger.path == "kiosk.db"
+    assert config_mod.load(SIM, env=env).ledger.path == "env.db"
+    assert config_mod.load(SIM, env=env, **{"ledger.path": "x.db"}).ledger.path == "x.db"
+
+
+def test_an_override_into_a_section_that_is_not_a_table_is_a_config_error(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, "ledger", "kiosk.db")
+    assert "ledger" in load_error(path, **{"ledger.path": "x.db"})
+    with pytest.raises(ConfigError, match="ledger"):
+        config_mod.load(path, env={"KIOSK_LEDGER_PATH": "x.db"})
+    assert "slots" in load_error(SIM, **{"slots.price_cents": 5})
+
+
+# --- any junk is a ConfigError; anything accepted honours its ranges ----------------------------
+
+SECTION_KEYS = [
+    f"{section}.{key}"
+    for section, table in SIM_DATA.items()
+    if isinstance(table, dict)
+    for key in table
+]
+KEYS = [
+    *SECTION_KEYS,
+    *(f"slots[1].{key}" for key in SIM_DATA["slots"][1]),
+    "slots[0].initial_quantity",
+    "coin_acceptor.inhibit_active_high",
+    "credit.unknown",
+    *SIM_DATA,  # a whole section
+    "extra",
+]
+ENV_NAMES = ["KIOSK_" + key.upper().replace(".", "_") for key in SECTION_KEYS]
+JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.datetimes(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+def _assert_in_range(config: Config) -> None:
+    settings = config.coin_acceptor.settings
+    for part in [*(getattr(config, name) for name in config_mod.SECTIONS), settings, *config.slots]:
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            for item in value if isinstance(value, tuple) else (value,):
+                if "min" in f.metadata and item is not None:
+                    assert item >= f.metadata["min"], f.name
+                if "max" in f.metadata and item is not None:
+                    assert item <= f.metadata["max"], f.name
+    assert set(settings.pulses) == set(config.kiosk.accepted_coins_cents)
+
+
+@given(dotted=st.sampled_from(KEYS), value=JUNK)
+def test_junk_for_a_key_is_a_config_error_or_a_valid_config(dotted: str, value: Any) -> None:
+    try:
+        config = config_mod.parse(edited(SIM_DATA, dotted, value), "junk.toml")
+    except ConfigError as err:
+        assert str(err).startswith("junk.toml: ")
+    else:
+        _assert_in_range(config)
+
+
+@given(name=st.sampled_from(ENV_NAMES), raw=st.text(max_size=12))
+def test_junk_in_the_environment_is_a_config_error_or_a_valid_config(name: str, raw: str) -> None:
+    try:
+        config = config_mod.load(SIM, env={name: raw})
+    except ConfigError as err:
+        assert str(err).startswith(f"{SIM}: ")
+    else:
+        _assert_in_range(config)
