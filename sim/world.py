@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ class PulseCoinMech:
         self.line = factory.gpio(settings.coin_pin)
         self.line.drive(True)
         self._inhibit = None if settings.inhibit_pin is None else factory.gpio(settings.inhibit_pin)
-        self._free_at = 0.0  # when the output line is free for the next train
+        self._free_at = -math.inf  # when the output line is free for the next train
 
     @property
     def inhibited(self) -> bool:
