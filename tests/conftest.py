@@ -3,6 +3,7 @@ simulated kiosk. Every pin factory and ledger a test opens is closed after it.""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import queue
 from collections.abc import Iterator
@@ -30,6 +31,17 @@ def with_changes(config: Config, **sections: dict[str, Any]) -> Config:
         name: dataclasses.replace(getattr(config, name), **keys) for name, keys in sections.items()
     }
     return dataclasses.replace(config, **changed)
+
+
+def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple]:
+    """Every subcommand path of the parser, e.g. ("demo",) and ("config", "check")."""
+    paths: list[tuple] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths.append((*prefix, name))
+                paths.extend(subcommands(sub, (*prefix, name)))
+    return paths
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ One headless demo writes a ledger that the verify tests copy and tamper with.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import subcommands
 
 from kiosk import cli
 from kiosk import config as config_mod
@@ -27,17 +27,6 @@ from kiosk.machine import TRANSITIONS, State
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = config_mod.DEFAULT_PROFILE
-
-
-def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple]:
-    """Every subcommand path of the parser, e.g. ("demo",) and ("config", "check")."""
-    paths: list[tuple] = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                paths.append((*prefix, name))
-                paths.extend(subcommands(sub, (*prefix, name)))
-    return paths
 
 
 @pytest.fixture(autouse=True, scope="module")

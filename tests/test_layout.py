@@ -7,13 +7,13 @@ Imports are read with ast, so comments and strings that mention a package do not
 
 from __future__ import annotations
 
-import argparse
 import ast
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import subcommands
 
 from drivers.base import ACCEPTOR_DRIVERS
 from kiosk import cli
@@ -62,16 +62,6 @@ def inside_function(node: ast.AST, parent_of: dict[ast.AST, ast.AST]) -> bool:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             return True
     return False
-
-
-def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple]:
-    paths: list[tuple] = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                paths.append((*prefix, name))
-                paths.extend(subcommands(sub, (*prefix, name)))
-    return paths
 
 
 # --- import direction ---------------------------------------------------------------------------
