@@ -84,6 +84,16 @@ class DeviceFault:
 
 
 @dataclass(frozen=True)
+class DeviceNotice:
+    """Something a technician should know that blocks nothing: a reset, lost events, an alarm."""
+
+    device: str
+    code: str
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True)
 class Wake:
     """A device changed its deadlines from another thread: the core recomputes its wait."""
 
@@ -98,6 +108,7 @@ Event = (
     | DoorChanged
     | VendFinished
     | DeviceFault
+    | DeviceNotice
     | Wake
 )
 Emit = Callable[[Any], None]
@@ -184,6 +195,7 @@ class CoinAcceptor(Timed, ABC):
 # Back-ends by name, imported lazily: "module:Class" and its settings class.
 ACCEPTOR_DRIVERS: dict[str, tuple[str, str]] = {
     "pulse": ("drivers.pulse:PulseCoinAcceptor", "drivers.pulse:PulseSettings"),
+    "cctalk": ("drivers.cctalk:CcTalkCoinAcceptor", "drivers.cctalk:CcTalkSettings"),
 }
 
 

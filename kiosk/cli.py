@@ -24,13 +24,15 @@ from kiosk.errors import KioskError, LedgerError
 log = logging.getLogger(__name__)
 
 
-def _config_path(value: str | None) -> Path:
-    return Path(value or os.environ.get("KIOSK_CONFIG") or config_mod.DEFAULT_PROFILE)
+def _config_path(value: str | None, default: Path = config_mod.DEFAULT_PROFILE) -> Path:
+    return Path(value or os.environ.get("KIOSK_CONFIG") or default)
 
 
-def _load(args: argparse.Namespace) -> config_mod.Config:
+def _load(
+    args: argparse.Namespace, default: Path = config_mod.DEFAULT_PROFILE
+) -> config_mod.Config:
     overrides = {"ledger.path": args.db} if getattr(args, "db", None) else {}
-    return config_mod.load(_config_path(args.config), **overrides)
+    return config_mod.load(_config_path(args.config, default), **overrides)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -42,10 +44,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sim import demo  # the simulated world, only when a command asks for it
 
-    config = _load(args)
     if args.shoppers is not None:
+        config = _load(args, config_mod.PULSE_PROFILE)
         return demo.headless(config, args.shoppers, args.seed, args.db, as_json=args.json)
-    return demo.interactive(config, args.db)
+    return demo.interactive(_load(args), args.db)
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
@@ -114,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
         "--shoppers",
         type=int,
         metavar="N",
-        help="headless: N random shoppers on simulated time, then a summary",
+        help="headless: N random shoppers on simulated time, then a summary "
+        "(default profile: config/sim-pulse.toml)",
     )
     p.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
     p.add_argument("--json", action="store_true", help="headless summary as JSON")

@@ -25,6 +25,8 @@ from kiosk.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_PROFILE = CONFIG_DIR / "sim.toml"
+# Headless runs of hours of simulated time: a pulse acceptor costs no serial round trips.
+PULSE_PROFILE = CONFIG_DIR / "sim-pulse.toml"
 LANGUAGES = ("fr", "en")
 LEFTOVER_POLICIES = ("keep", "donate")
 
@@ -275,7 +277,7 @@ def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str, sourc
     if "max" in meta and value > meta["max"]:
         raise fail(f"must be at most {meta['max']}")
     if "choices" in meta and value not in meta["choices"]:
-        raise fail(f"must be one of {', '.join(meta['choices'])}")
+        raise fail(f"must be one of {', '.join(map(str, meta['choices']))}")
     if meta.get("pattern") == "id" and not (value and value.replace("-", "").isalnum()):
         raise fail("must be letters, digits and dashes")
     return value

@@ -23,6 +23,7 @@ from drivers.base import (
     CoinRejected,
     DeviceError,
     DeviceFault,
+    DeviceNotice,
     DoorChanged,
     SelectPressed,
     VendFinished,
@@ -203,6 +204,8 @@ class Controller:
                 self._on_door(event.is_open)
             case DeviceFault():
                 self._on_fault(event)
+            case DeviceNotice():
+                self.ledger.record_event(f"{event.device}_{event.code}", event.detail)
             case Refill():
                 self._on_refill(event)
             case Shutdown():

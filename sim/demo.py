@@ -42,7 +42,7 @@ def headless(
         try:
             outcome = simulate(rig, shoppers, seed)
         finally:
-            rig.close()
+            rig.shutdown()
     print(
         json.dumps(_as_dict(outcome, shoppers, seed), indent=2)
         if as_json
@@ -113,7 +113,7 @@ def interactive(config: Config, db: str | None) -> int:
         try:
             curses.wrapper(_Screen(rig).loop)
         finally:
-            rig.close()
+            rig.shutdown()
     return 0
 
 

@@ -30,10 +30,10 @@ class SimKiosk:
         world: World | None = None,
         clock: SimClock | None = None,
     ) -> None:
-        self.config = config
         self.db_path = str(db_path)
         self.clock = clock or SimClock()
         self.world = world or World(config, self.clock)
+        self.config = config = self.world.config  # with the simulated serial port, if any
         self.events: queue.Queue[Any] = queue.Queue()
         self.hardware: Hardware = build_hardware(
             config, self.clock, self.events.put, self.world.factory
@@ -73,5 +73,11 @@ class SimKiosk:
         return SimKiosk(self.config, self.db_path, world=self.world, clock=self.clock)
 
     def close(self) -> None:
+        """The kiosk stops (as at a power cut); the world stays, for a restart."""
         self.hardware.close()
         self.ledger.close()
+
+    def shutdown(self) -> None:
+        """The kiosk and its world, for good."""
+        self.close()
+        self.world.close()

@@ -15,13 +15,16 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpiozero.pins.mock import MockFactory, MockPin
 
+from drivers.cctalk import CcTalkSettings
+from drivers.cctalk_codec import Checksum
 from drivers.pulse import PulseSettings
 from kiosk.config import Config
+from sim.cctalk_device import SimCcTalkAcceptor
 from sim.clock import SimClock, Timer
 
 log = logging.getLogger(__name__)
@@ -156,6 +159,47 @@ class PulseCoinMech:
         return True
 
 
+class CcTalkCoinMech:
+    """The coin slot of a simulated ccTalk acceptor, which answers on its own pseudo-terminal."""
+
+    busy = False  # coins are reported through the device's event buffer, not a line
+
+    def __init__(self, settings: CcTalkSettings, truth: Truth) -> None:
+        self.device = SimCcTalkAcceptor(
+            address=settings.address,
+            checksum=Checksum(settings.checksum),
+            echo=settings.echo != "off",
+            baud=settings.baud,
+        )
+        self.path = self.device.path
+        self.truth = truth
+
+    def insert(self, value_cents: int) -> bool:
+        accepted = self.device.insert(value_cents)
+        if accepted:
+            self.truth.cashbox[value_cents] += 1
+        else:
+            self.truth.returned.append(value_cents)
+        return accepted
+
+    @property
+    def inhibited(self) -> bool:
+        return not self.device.master_enabled
+
+    @property
+    def quiet(self) -> bool:
+        """Every event has been read by the host (a restart now loses nothing)."""
+        return self.device.all_read
+
+    def noise(self, width_s: float) -> bool:
+        """Line noise: garbage bytes ahead of the next reply."""
+        self.device.noise_bytes += max(1, round(width_s * 100))
+        return True
+
+    def close(self) -> None:
+        self.device.close()
+
+
 class Spiral:
     """One spiral: a motor turning a cam (home) switch; products fall near the end of a turn."""
 
@@ -231,13 +275,19 @@ class World:
         *,
         revolution_s: float = 2.0,
     ) -> None:
-        if config.coin_acceptor.driver != "pulse":
-            raise ValueError(f"the simulated world has no {config.coin_acceptor.driver} acceptor")
-        self.config = config
         self.clock = clock
         self.factory = factory or SimFactory()
         self.truth = Truth()
-        self.coins = PulseCoinMech(config.coin_acceptor.settings, self.factory, clock, self.truth)
+        self.coins: PulseCoinMech | CcTalkCoinMech
+        settings = config.coin_acceptor.settings
+        if isinstance(settings, PulseSettings):
+            self.coins = PulseCoinMech(settings, self.factory, clock, self.truth)
+        else:
+            self.coins = CcTalkCoinMech(settings, self.truth)
+            # The kiosk opens the simulated acceptor's pseudo-terminal like any serial port.
+            port = replace(settings, port=self.coins.path)
+            config = replace(config, coin_acceptor=replace(config.coin_acceptor, settings=port))
+        self.config = config
         self.spirals: dict[int, Spiral] = {}
         for slot in config.slots:
             stock = slot.capacity if slot.initial_quantity is None else slot.initial_quantity
@@ -304,6 +354,11 @@ class World:
 
     def noise(self, width_s: float) -> bool:
         return self.coins.noise(width_s)
+
+    def close(self) -> None:
+        """Release what the world holds outside the pins (a simulated serial device)."""
+        if isinstance(self.coins, CcTalkCoinMech):
+            self.coins.close()
 
     def burst(self, values: list[int], spacing_s: float = 0.05) -> None:
         """Coins dropped in quick succession, faster than the acceptor sends their trains."""

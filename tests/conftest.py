@@ -22,7 +22,7 @@ from sim.world import SimFactory
 
 @pytest.fixture
 def config() -> Config:
-    return config_mod.load(config_mod.DEFAULT_PROFILE, env={})
+    return config_mod.load(config_mod.PULSE_PROFILE, env={})
 
 
 def with_changes(config: Config, **sections: dict[str, Any]) -> Config:
@@ -101,8 +101,9 @@ class KioskMaker:
     def close(self) -> None:
         for rig in self.opened:
             rig.close()
-        if self.opened:
-            self.opened[0].world.factory.reset()
+        for world in {id(rig.world): rig.world for rig in self.opened}.values():
+            world.close()
+            world.factory.reset()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from kiosk.errors import ConfigError
 from kiosk.machine import TRANSITIONS, State
 
 ROOT = Path(__file__).resolve().parents[1]
-SIM = config_mod.DEFAULT_PROFILE
+SIM = config_mod.PULSE_PROFILE
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -26,7 +26,7 @@ from kiosk import config as config_mod
 from kiosk.config import Config
 from kiosk.errors import ConfigError, KioskError
 
-SIM = config_mod.DEFAULT_PROFILE
+SIM = config_mod.PULSE_PROFILE
 SIM_DATA: dict[str, Any] = tomllib.loads(SIM.read_text())
 DELETE = object()  # as a value: remove the key
 
@@ -202,7 +202,7 @@ BAD_VALUES = [
     ("slots[2].id", 1, "slot 1 is defined twice"),
     ("slots[0].initial_quantity", 13, "more than the capacity"),
     ("credit.beneficiary", DELETE, 'required when leftover = "donate"'),
-    ("coin_acceptor.driver", "cctalk", "must be one of pulse"),
+    ("coin_acceptor.driver", "mdb", "must be one of pulse"),
     ("coin_acceptor.driver", ["pulse"], "must be one of pulse"),
     ("coin_acceptor.driver", DELETE, "must be one of pulse"),
     (PULSES, {"1": 1, "2": 4, "5": 10}, "a one-pulse code cannot be told from noise"),

@@ -64,7 +64,7 @@ def play(kiosk: SimKiosk, name: str, arg: object) -> SimKiosk:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=st.lists(action, min_size=1, max_size=30))
 def test_random_sequences_keep_every_invariant(actions: list[tuple[str, object]]) -> None:
-    config = config_mod.load(config_mod.DEFAULT_PROFILE, env={})
+    config = config_mod.load(config_mod.PULSE_PROFILE, env={})
     with tempfile.TemporaryDirectory() as tmp:
         kiosk = SimKiosk(config, Path(tmp) / "kiosk.db")
         try:
@@ -77,4 +77,4 @@ def test_random_sequences_keep_every_invariant(actions: list[tuple[str, object]]
             assert sales <= sum(kiosk.world.truth.delivered.values())
             assert not any(kiosk.hardware.dispenser.motor_is_on(s) for s in SLOTS)
         finally:
-            kiosk.close()
+            kiosk.shutdown()

@@ -273,7 +273,7 @@ def test_close_switches_the_motor_off_mid_turn_and_is_idempotent(rig: Rig) -> No
 
 # --- whatever happens ----------------------------------------------------------------------
 
-CONFIG = config_mod.load(config_mod.DEFAULT_PROFILE, env={})
+CONFIG = config_mod.load(config_mod.PULSE_PROFILE, env={})
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,0 +1,337 @@
+"""A ccTalk coin acceptor on a serial port (SR5i, X6, RM5, G-13 and any conforming device).
+
+Start-up: simple poll, equipment category, manufacturer, product code, serial number, software
+and comms revisions, coin ids 1-16 (position -> value, cross-checked with the accepted coins),
+self-check, one 229 read to seed the event counter (what is already buffered is never credited),
+inhibit masks for the accepted coins. Then header 229 every `poll_interval_ms`, from the core
+thread (the device's deadlines are serviced like any other): new events are counted with the
+255 -> 1 wrap, more than five new events means lost events, a counter back at 0 means the device
+was reset (inhibits and master enable are sent again). Only credit pairs credit. After
+`lost_after` silent polls the device is lost: a simple poll each second until it answers and the
+start-up runs again. While the self-check reports a fault, 232 is polled instead of 229.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.base import (
+    Clock,
+    CoinAccepted,
+    CoinAcceptor,
+    CoinRejected,
+    DeviceError,
+    DeviceFault,
+    DeviceNotice,
+    Emit,
+)
+from drivers.cctalk_codec import Checksum
+from drivers.cctalk_events import EventClass, classify, fault_name
+from drivers.cctalk_transport import Transport
+
+log = logging.getLogger(__name__)
+
+SIMPLE_POLL, CATEGORY, MANUFACTURER, PRODUCT, SERIAL, SOFTWARE = 254, 245, 246, 244, 242, 241
+COMMS, COIN_ID, SELF_CHECK, READ_EVENTS, MODIFY_INHIBIT, MASTER_INHIBIT = 4, 184, 232, 229, 231, 228
+POSITIONS = range(1, 17)
+RECOVERY_POLL_S = 1.0
+FAULT_POLL_S = 1.0
+DEVICE = "coin_acceptor"
+
+
+@dataclass(frozen=True)
+class CcTalkSettings:
+    """`[coin_acceptor]` settings of the ccTalk driver."""
+
+    port: str
+    address: int = field(default=2, metadata={"min": 2, "max": 255})
+    checksum: str = field(default="8bit", metadata={"choices": ("8bit", "crc16")})
+    echo: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
+    poll_interval_ms: int = field(default=150, metadata={"min": 100, "max": 200})
+    reply_timeout_ms: int = field(default=100, metadata={"min": 10, "max": 2000})
+    retries: int = field(default=3, metadata={"min": 0, "max": 5})
+    baud: int = field(default=9600, metadata={"choices": (4800, 9600, 19200, 38400, 115200)})
+    lost_after: int = field(default=5, metadata={"min": 2, "max": 50})
+
+
+def coin_value_cents(coin_id: str) -> int | None:
+    """Cents from a coin id `CCVVVI` (EU001A = 1 c, EU.05A = 5 c); None if unprogrammed."""
+    match = re.fullmatch(r"[A-Z]{2}(\d{3}|\.\d\d)[A-Z]", coin_id)
+    if match is None:
+        return None
+    code = match.group(1)
+    return int(code[1:]) if code.startswith(".") else int(code)
+
+
+@dataclass
+class Identity:
+    category: str = ""
+    manufacturer: str = ""
+    product: str = ""
+    serial: int = 0
+    software: str = ""
+    comms: str = ""
+    coin_ids: dict[int, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.manufacturer} {self.product} serial {self.serial}, software "
+            f"{self.software}, comms {self.comms}"
+        )
+
+
+class CcTalkCoinAcceptor(CoinAcceptor):
+    name = "cctalk"
+
+    def __init__(
+        self,
+        settings: CcTalkSettings,
+        coins_cents: tuple[int, ...],
+        clock: Clock,
+        emit: Emit,
+        pin_factory: Any = None,  # no pins: the acceptor is on a serial port
+    ) -> None:
+        self._settings = settings
+        self._coins = coins_cents
+        self._clock = clock
+        self._emit = emit
+        self.transport = Transport(
+            settings.port,
+            settings.address,
+            checksum=Checksum(settings.checksum),
+            echo=settings.echo,
+            reply_timeout_s=settings.reply_timeout_ms / 1000,
+            retries=settings.retries,
+            baud=settings.baud,
+        )
+        self.identity = Identity()
+        self.values: dict[int, int] = {}  # coin position -> cents
+        self._accepting = False
+        self._last_counter = 0
+        self._failures = 0
+        self._lost = False
+        self._fault = 0  # last non-zero self-check code
+        self._next_poll: float | None = None
+
+    # --- start-up --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.transport.open()
+        try:
+            self._start_up()
+        except DeviceError:
+            self._set_lost()
+            raise
+
+    def _start_up(self) -> None:
+        t = self.transport
+        t.request(SIMPLE_POLL)
+        ident = Identity(
+            category=_text(t.request(CATEGORY).data),
+            manufacturer=_text(t.request(MANUFACTURER).data),
+            product=_text(t.request(PRODUCT).data),
+            serial=int.from_bytes(t.request(SERIAL).data, "little"),
+            software=_text(t.request(SOFTWARE).data),
+            comms=_comms(t.request(COMMS).data),
+        )
+        if ident.category != "Coin Acceptor":
+            raise DeviceError(
+                f"ccTalk {t.port_name} address {t.address} is a "
+                f"{ident.category!r}, not a coin acceptor"
+            )
+        for position in POSITIONS:
+            ident.coin_ids[position] = _text(t.request(COIN_ID, bytes([position])).data)
+        self.values = self._positions(ident.coin_ids)
+        self.identity = ident
+        log.info("ccTalk coin acceptor on %s: %s", t.port_name, ident)
+        self._self_check()
+        self._last_counter = t.request(READ_EVENTS).data[0]  # never credit what was buffered
+        self._apply_inhibits()
+        self._failures = 0
+        self._next_poll = self._clock.monotonic()
+
+    def _positions(self, coin_ids: dict[int, str]) -> dict[int, int]:
+        values = {p: v for p, cid in coin_ids.items() if (v := coin_value_cents(cid)) is not None}
+        missing = sorted(set(self._coins) - set(values.values()))
+        if missing:
+            listed = ", ".join(f"{p}={cid}" for p, cid in coin_ids.items() if cid.strip("."))
+            raise DeviceError(
+                f"ccTalk coin acceptor on {self.transport.port_name}: accepted coins "
+                f"{missing} c (kiosk.accepted_coins_cents) have no coin position in the device "
+                f"(coin ids: {listed or 'none programmed'})"
+            )
+        return values
+
+    def _self_check(self) -> None:
+        code = self.transport.request(SELF_CHECK).data[:1]
+        fault = code[0] if code else 0
+        if fault and not self._fault:
+            self._emit(
+                DeviceFault(
+                    DEVICE, f"self_check_{fault}", True, fault_name(fault), self._clock.monotonic()
+                )
+            )
+        elif not fault and self._fault:
+            self._emit(
+                DeviceFault(
+                    DEVICE,
+                    f"self_check_{self._fault}",
+                    False,
+                    "self-check ok",
+                    self._clock.monotonic(),
+                )
+            )
+        self._fault = fault
+
+    def _apply_inhibits(self) -> None:
+        mask = sum(1 << (p - 1) for p, v in self.values.items() if v in self._coins)
+        self.transport.request(MODIFY_INHIBIT, mask.to_bytes(2, "little"))
+        self._send_master()
+
+    def _send_master(self) -> None:
+        self.transport.request(MASTER_INHIBIT, bytes([1 if self._accepting else 0]))
+
+    # --- the CoinAcceptor interface --------------------------------------------------------
+
+    def set_accepting(self, accepting: bool) -> None:
+        self._accepting = accepting
+        if self._lost or self._fault:
+            return  # sent again when the device is back
+        try:
+            self._send_master()
+        except DeviceError as err:
+            log.warning("%s", err)
+            self._failed()
+
+    @property
+    def is_accepting(self) -> bool:
+        return self._accepting and not self._lost and not self._fault
+
+    def next_deadline(self) -> float | None:
+        return self._next_poll
+
+    def service(self, now: float) -> None:
+        if self._next_poll is None or now < self._next_poll:
+            return
+        try:
+            if self._lost:
+                self._recover()
+            elif self._fault:
+                self._self_check()
+                if not self._fault:
+                    self._apply_inhibits()
+            else:
+                self._read_events(self.transport.request(READ_EVENTS).data)
+            self._failures = 0
+        except DeviceError as err:
+            log.debug("%s", err)
+            self._failed()
+        self._next_poll = now + self._interval()
+
+    def _interval(self) -> float:
+        if self._lost:
+            return RECOVERY_POLL_S
+        if self._fault:
+            return FAULT_POLL_S
+        return self._settings.poll_interval_ms / 1000
+
+    def _failed(self) -> None:
+        self._failures += 1
+        if not self._lost and self._failures >= self._settings.lost_after:
+            self.transport.dump(f"no valid reply to {self._failures} polls")
+            self._set_lost()
+
+    def _set_lost(self) -> None:
+        if not self._lost:
+            self._lost = True
+            self._emit(
+                DeviceFault(
+                    DEVICE,
+                    "lost",
+                    True,
+                    f"no reply on {self.transport.port_name}",
+                    self._clock.monotonic(),
+                )
+            )
+        self._next_poll = self._clock.monotonic() + RECOVERY_POLL_S
+
+    def _recover(self) -> None:
+        self.transport.request(SIMPLE_POLL)
+        self._start_up()
+        self._lost = False
+        self._emit(
+            DeviceFault(
+                DEVICE, "lost", False, f"answering again: {self.identity}", self._clock.monotonic()
+            )
+        )
+
+    # --- header 229 ------------------------------------------------------------------------
+
+    def _read_events(self, data: bytes) -> None:
+        if len(data) != 11:
+            raise DeviceError(f"ccTalk 229 reply of {len(data)} bytes (11 expected)")
+        counter, last = data[0], self._last_counter
+        now = self._clock.monotonic()
+        if counter == last:
+            return
+        if counter == 0:
+            self._notice(
+                "reset",
+                f"event counter back to 0 from {last}: device reset; "
+                "inhibits sent again, credits since the last poll unknown",
+                now,
+            )
+            self._last_counter = 0
+            self._apply_inhibits()
+            return
+        new = counter - last if counter >= last else counter - last + 255
+        if new > 5:
+            self._notice(
+                "lost_events", f"{new - 5} event(s) lost (counter {last} -> {counter})", now
+            )
+        for i in range(min(new, 5) - 1, -1, -1):  # oldest new event first
+            self._event(data[1 + 2 * i], data[2 + 2 * i], now)
+        self._last_counter = counter
+
+    def _event(self, a: int, b: int, now: float) -> None:
+        if a:
+            value = self.values.get(a)
+            if value is None:
+                self._notice("unknown_credit", f"credit for coin position {a} with no value", now)
+            else:
+                self._emit(CoinAccepted(value, now))
+            return
+        name, kind = classify(b)
+        if kind is EventClass.REJECTED:
+            self._emit(CoinRejected(f"cctalk_{b}", name, now))
+        elif kind is EventClass.POSSIBLE:
+            self._notice(f"event_{b}", f"{name}: a coin may be jammed or swallowed", now)
+            self._self_check()
+        elif kind is EventClass.ALARM:
+            self._notice(f"event_{b}", name, now)
+
+    def _notice(self, code: str, detail: str, now: float) -> None:
+        log.warning("ccTalk coin acceptor: %s", detail)
+        self._emit(DeviceNotice(DEVICE, code, detail, now))
+
+    def close(self) -> None:
+        if self.transport.is_open and not self._lost:
+            self._accepting = False
+            try:
+                self._send_master()
+            except DeviceError as err:
+                log.warning("cannot inhibit the coin acceptor on close: %s", err)
+        self.transport.close()
+
+
+def _text(data: bytes) -> str:
+    return data.decode("ascii", errors="replace").rstrip(" ")
+
+
+def _comms(data: bytes) -> str:
+    if len(data) == 3 and all(b < 32 for b in data):
+        return ".".join(str(b) for b in data)
+    return _text(data)  # some devices answer in ASCII

@@ -1,0 +1,190 @@
+"""ccTalk over a serial port: one request, one reply, with local echo, timeouts and retries.
+
+The port is opened with pyserial's `serial_for_url`, so a device path, a pseudo-terminal or a
+`loop://` URL all work. On a single-wire ccTalk bus the host hears its own bytes: they are read
+back and compared with what was sent (echo "on"), not expected ("off"), or detected on the first
+exchange ("auto"). A reply must start within the command's reply timeout and its bytes must follow
+each other within 50 ms. A failed exchange is tried again up to `retries` times. The last frames
+exchanged are kept in a ring buffer and written to the log when something goes wrong.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+
+from drivers.base import DeviceError
+from drivers.cctalk_codec import (
+    BUSY,
+    HOST,
+    INTER_BYTE_S,
+    NAK,
+    Checksum,
+    Frame,
+    FrameParser,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+BAUD = 9600
+
+
+class NoReply(DeviceError, TimeoutError):
+    """The device stayed silent, or answered with something that is not a valid reply."""
+
+
+class Refused(DeviceError):
+    """The device answered NAK or BUSY to every try."""
+
+
+@dataclass(frozen=True)
+class Traffic:
+    at: float
+    direction: str  # "tx", "rx" or "echo"
+    data: bytes
+
+    def __str__(self) -> str:
+        return f"{self.at:.3f} {self.direction:>4} {self.data.hex(' ')}"
+
+
+class Transport:
+    def __init__(
+        self,
+        port: str,
+        address: int,
+        *,
+        checksum: Checksum = Checksum.SIMPLE,
+        echo: str = "auto",
+        reply_timeout_s: float = 0.1,
+        retries: int = 3,
+        baud: int = BAUD,
+        history: int = 32,
+    ) -> None:
+        if echo not in ("auto", "on", "off"):
+            raise ValueError(f"echo must be auto, on or off (got {echo!r})")
+        self.port_name = port
+        self.address = address
+        self.checksum = checksum
+        self.echo: bool | None = None if echo == "auto" else echo == "on"
+        self.reply_timeout_s = reply_timeout_s
+        self.retries = retries
+        self.baud = baud
+        self.recent: collections.deque[Traffic] = collections.deque(maxlen=history)
+        self._serial: Any = None
+
+    def open(self) -> None:
+        try:
+            self._serial = serial.serial_for_url(
+                self.port_name, baudrate=self.baud, timeout=0, write_timeout=1.0
+            )
+        except (serial.SerialException, OSError, ValueError) as err:
+            raise DeviceError(f"ccTalk port {self.port_name}: {err}") from err
+
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
+    def close(self) -> None:
+        if self._serial is not None:
+            self._serial.close()
+            self._serial = None
+
+    def request(self, header: int, data: bytes = b"", timeout_s: float | None = None) -> Frame:
+        """Send a command to the device; return its reply (header 0) or raise after retries."""
+        problem: DeviceError = NoReply(f"ccTalk {self.port_name}: header {header}: no reply")
+        for attempt in range(1 + self.retries):
+            try:
+                return self._exchange(header, data, timeout_s or self.reply_timeout_s)
+            except (NoReply, Refused) as err:
+                problem = err
+                log.debug("ccTalk header %d, try %d: %s", header, attempt + 1, err)
+        raise problem
+
+    def _exchange(self, header: int, data: bytes, timeout_s: float) -> Frame:
+        if self._serial is None:
+            raise DeviceError(f"ccTalk port {self.port_name} is not open")
+        tx = encode(Frame(self.address, header, data, HOST), self.checksum)
+        try:
+            self._serial.reset_input_buffer()
+            self._serial.write(tx)
+            self._note("tx", tx)
+            raw = self._read_reply(tx, timeout_s)
+        except serial.SerialException as err:
+            raise DeviceError(f"ccTalk port {self.port_name}: {err}") from err
+        if raw.header in (NAK, BUSY):
+            raise Refused(
+                f"ccTalk {self.port_name}: header {header}: "
+                f"{'NAK' if raw.header == NAK else 'BUSY'}"
+            )
+        if raw.header != 0:
+            raise NoReply(f"ccTalk {self.port_name}: reply with header {raw.header}")
+        return raw
+
+    def _read_reply(self, tx: bytes, timeout_s: float) -> Frame:
+        parser = FrameParser(self.checksum, source=self.address)
+        deadline = time.monotonic() + timeout_s
+        echo = bytearray() if self.echo is not False else None  # echo bytes still expected
+        started = False
+        while True:
+            # The first byte may take the reply timeout; each next one at most 50 ms.
+            limit = time.monotonic() + INTER_BYTE_S if started else deadline
+            chunk = self._read_until(limit)
+            if not chunk:
+                raise NoReply(f"ccTalk {self.port_name}: no reply")
+            started = True
+            if echo is not None:
+                echo += chunk
+                if len(echo) < len(tx) and tx.startswith(echo):
+                    continue
+                if echo.startswith(tx):
+                    self._note("echo", tx)
+                    self.echo = True
+                    chunk = bytes(echo[len(tx) :])
+                elif self.echo:
+                    raise NoReply(f"ccTalk {self.port_name}: echo differs from what was sent")
+                else:
+                    self.echo = False  # "auto" on a link without echo: this is the reply
+                    chunk = bytes(echo)
+                echo = None
+                started = bool(chunk)
+                if not started:
+                    deadline = time.monotonic() + timeout_s
+                    continue
+            for frame in parser.feed(chunk, time.monotonic()):
+                self._note("rx", encode(frame, self.checksum))
+                if frame.destination == HOST and frame.source == self.address:
+                    return frame
+
+    def _read_until(self, limit: float) -> bytes:
+        """Whatever arrives before `limit` (monotonic), returned as soon as anything arrives."""
+        port = self._serial
+        while True:
+            waiting = port.in_waiting
+            if waiting:
+                return bytes(port.read(waiting))
+            remaining = limit - time.monotonic()
+            if remaining <= 0:
+                return b""
+            port.timeout = remaining
+            first = port.read(1)
+            port.timeout = 0
+            if first:
+                return bytes(first) + bytes(port.read(port.in_waiting))
+
+    def _note(self, direction: str, data: bytes) -> None:
+        self.recent.append(Traffic(time.monotonic(), direction, data))
+
+    def dump(self, reason: str) -> None:
+        """Write the recent traffic to the log, oldest first."""
+        log.warning(
+            "ccTalk %s: %s; recent traffic:\n%s",
+            self.port_name,
+            reason,
+            "\n".join(str(t) for t in self.recent),
+        )

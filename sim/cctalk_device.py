@@ -1,0 +1,225 @@
+"""A simulated ccTalk coin acceptor speaking real bytes on a pseudo-terminal.
+
+The kiosk's serial driver opens `device.path` exactly like /dev/ttyUSB0. The device answers the
+coin-acceptor headers a host needs (identification, coin ids, self-check, inhibits, master
+inhibit, 229 with its five-event buffer and 255 -> 1 counter, reset), echoes the host's bytes as a
+single-wire bus does (optional), and can take the time 9600 baud would. An inhibited or unknown
+coin is handed back with an event, never credited. Fault knobs: silence, corrupt checksums, noise
+bytes, slow replies, bursts that overflow the buffer, power cycles, any event code, a self-check
+fault. Ground truth: the coins it credited, and the events that fell off the buffer unread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import select
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+
+from drivers.cctalk_codec import HOST, Checksum, Frame, FrameParser, encode
+
+log = logging.getLogger(__name__)
+
+EURO_COIN_IDS = {1: "EU001A", 2: "EU002A", 3: "EU005A", 4: "EU010A", 5: "EU020A"}
+INHIBITED_COIN, REJECT_COIN = 2, 1
+
+
+@dataclass
+class DeviceTruth:
+    credited: list[int] = field(default_factory=list)  # values of coins into the cash box
+    returned: list[int] = field(default_factory=list)  # coins handed back
+    lost: list[tuple[int, int]] = field(default_factory=list)  # events dropped unread (A, B)
+    lost_cents: int = 0  # value of the credits among them
+
+    @property
+    def credited_cents(self) -> int:
+        return sum(self.credited)
+
+
+class SimCcTalkAcceptor:
+    def __init__(
+        self,
+        *,
+        address: int = 2,
+        checksum: Checksum = Checksum.SIMPLE,
+        echo: bool = True,
+        wire_timing: bool = False,
+        baud: int = 9600,
+        coin_ids: dict[int, str] | None = None,
+        serial_number: int = 12_345_678,
+        seed: int = 0,
+    ) -> None:
+        self.address = address
+        self.checksum = checksum
+        self.echo = echo
+        self.byte_s = 10 / baud if wire_timing else 0.0
+        self.coin_ids = dict(EURO_COIN_IDS if coin_ids is None else coin_ids)
+        self.serial_number = serial_number
+        self.truth = DeviceTruth()
+        # fault knobs
+        self.silent = False
+        self.corrupt_replies = 0  # the next N replies carry a wrong checksum
+        self.noise_bytes = 0  # garbage bytes sent before the next reply
+        self.reply_delay_s = 0.0
+        self.self_check_fault = 0
+        self.polls = 0
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._power_up()
+        self._master, slave = os.openpty()
+        tty.setraw(slave)
+        self._slave = slave
+        self.path = os.ttyname(slave)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="sim-cctalk", daemon=True)
+        self._thread.start()
+
+    def _power_up(self) -> None:
+        self.counter = 0
+        self._serial_no = 0  # events ever pushed; the buffer holds the last five
+        self._delivered = 0  # events the host has been sent in a 229 reply
+        self.buffer: list[tuple[int, int, int]] = [(0, 0, 0)] * 5  # (A, B, serial), newest first
+        self.masks = 0
+        self.master_enabled = False
+
+    # --- the world's side ------------------------------------------------------------------
+
+    def position_of(self, value_cents: int) -> int | None:
+        for position, coin_id in sorted(self.coin_ids.items()):
+            if coin_id[2:5].isdigit() and int(coin_id[2:5]) == value_cents:
+                return position
+        return None
+
+    def insert(self, value_cents: int) -> bool:
+        """A coin dropped in; True if it went into the cash box (and was credited)."""
+        with self._lock:
+            position = self.position_of(value_cents)
+            if self.self_check_fault:
+                pass  # a faulty acceptor has inhibited itself: the coin falls back out
+            elif position is None:
+                self._push(0, REJECT_COIN)
+            elif not self.master_enabled or not self.masks & (1 << (position - 1)):
+                self._push(0, INHIBITED_COIN)
+            else:
+                self._push(position, 0)
+                self.truth.credited.append(value_cents)
+                return True
+            self.truth.returned.append(value_cents)
+            return False
+
+    def burst(self, values: list[int]) -> int:
+        """Coins faster than the host polls (more than five overflow the buffer)."""
+        return sum(self.insert(v) for v in values)
+
+    def push_event(self, a: int, b: int) -> None:
+        with self._lock:
+            self._push(a, b)
+
+    def power_cycle(self) -> None:
+        with self._lock:
+            self._power_up()
+
+    def _push(self, a: int, b: int) -> None:
+        self.counter = self.counter % 255 + 1
+        self._serial_no += 1
+        dropped_a, dropped_b, dropped_serial = self.buffer[-1]
+        self.buffer = [(a, b, self._serial_no), *self.buffer[:4]]
+        if dropped_serial > self._delivered:
+            self.truth.lost.append((dropped_a, dropped_b))
+            if dropped_a:
+                self.truth.lost_cents += self._value(dropped_a)
+
+    @property
+    def all_read(self) -> bool:
+        with self._lock:
+            return self._delivered == self._serial_no
+
+    def _value(self, position: int) -> int:
+        return int(self.coin_ids[position][2:5])
+
+    # --- the wire --------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        parser = FrameParser(self.checksum, source=HOST)
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._master], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._master, 512)
+            except OSError:
+                return
+            if self.echo:
+                os.write(self._master, chunk)
+            for frame in parser.feed(chunk, time.monotonic()):
+                if frame.destination == self.address:
+                    self._answer(frame)
+
+    def _answer(self, request: Frame) -> None:
+        wire_in = (len(request.data) + 5) * self.byte_s
+        with self._lock:
+            self.polls += request.header == 229
+            data = self._handle(request.header, request.data)
+            if data is None or self.silent:
+                return
+            raw = bytearray(encode(Frame(HOST, 0, data, self.address), self.checksum))
+            if self.corrupt_replies:
+                self.corrupt_replies -= 1
+                raw[-1] ^= 0x5A
+            noise = bytes(self._rng.randrange(256) for _ in range(self.noise_bytes))
+            self.noise_bytes = 0
+            delay = wire_in + self.reply_delay_s + (len(raw) + len(noise)) * self.byte_s
+        if delay:
+            time.sleep(delay)
+        os.write(self._master, noise + bytes(raw))
+
+    def _handle(self, header: int, data: bytes) -> bytes | None:
+        """The reply's data for a request, or None for silence (an unsupported header)."""
+        text = {
+            245: "Coin Acceptor",
+            246: "Centimeo",
+            244: "SIM-CA1",
+            241: "SIM-1.0",
+            192: "SIM01   ",
+        }
+        if header in text:
+            return text[header].encode()
+        if header == 254:
+            return b""
+        if header == 242:
+            return self.serial_number.to_bytes(3, "little")
+        if header == 4:
+            return bytes([1, 4, 2])
+        if header == 184 and len(data) == 1 and 1 <= data[0] <= 16:
+            return self.coin_ids.get(data[0], "......").encode()
+        if header == 213:
+            return b"\x00"
+        if header == 232:
+            return bytes([self.self_check_fault])
+        if header == 229:
+            self._delivered = self._serial_no
+            return bytes([self.counter]) + bytes(x for a, b, _ in self.buffer for x in (a, b))
+        if header == 231 and 1 <= len(data) <= 16:
+            self.masks = int.from_bytes(data[:2], "little")
+            return b""
+        if header == 230:
+            return self.masks.to_bytes(2, "little")
+        if header == 228 and len(data) == 1:
+            self.master_enabled = bool(data[0] & 1)
+            return b""
+        if header == 227:
+            return bytes([int(self.master_enabled)])
+        if header == 1:
+            self._power_up()
+            return b""
+        return None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        os.close(self._master)
+        os.close(self._slave)
