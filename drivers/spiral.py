@@ -31,6 +31,8 @@ from drivers.base import (
 
 log = logging.getLogger(__name__)
 
+DROP_MAX_S = 0.5  # a product falls through the beam in tens of ms; longer is a blocked sensor
+
 
 @dataclass(frozen=True)
 class SpiralPins:
@@ -75,6 +77,7 @@ class SpiralDispenser(Timed):
         self._dropped = False
         self._deadline: float | None = None
         self._blocked_reported = False
+        self._beam_since: float | None = None  # the drop beam is cut since then, during a vend
         try:
             for slot, pins in slots.items():
                 self._motors[slot] = DigitalOutputDevice(
@@ -159,47 +162,64 @@ class SpiralDispenser(Timed):
         with self._lock:
             if self._phase is _Phase.IDLE:
                 return
-            self._dropped = True
-            finished = None
-            if self._phase is _Phase.AWAIT_DROP:
-                finished = self._finish(
-                    VendOutcome.DELIVERED, f"dropped after {self._turns} turn(s)", now
-                )
-        self._report(finished)
+            self._beam_since = now
+        self._emit(Wake(now))  # the beam now has a deadline of its own
 
     def _on_drop_clear(self) -> None:
+        now = self._clock.monotonic()
+        finished = None
         with self._lock:
             cleared, self._blocked_reported = self._blocked_reported, False
+            since, self._beam_since = self._beam_since, None
+            # A falling product cuts the beam briefly; only that confirms a drop.
+            if self._phase is not _Phase.IDLE and since is not None:
+                self._dropped = True
+                if self._phase is _Phase.AWAIT_DROP:
+                    finished = self._finish(
+                        VendOutcome.DELIVERED, f"dropped after {self._turns} turn(s)", now
+                    )
+        self._report(finished)
         if cleared:
-            now = self._clock.monotonic()
             self._emit(DeviceFault("drop_sensor", "blocked", False, "drop sensor clear", now))
 
     def next_deadline(self) -> float | None:
+        if self._beam_since is not None and self._deadline is not None:
+            return min(self._deadline, self._beam_since + DROP_MAX_S)
         return self._deadline
 
     def service(self, now: float) -> None:
         with self._lock:
-            if self._deadline is None or now < self._deadline:
-                return
-            finished = None
-            if self._phase is _Phase.TURNING:
-                self._motors[self._slot].off()
-                stopped = f"not home after {self._max_run_s:g} s; motor stopped"
-                # The shopper has the product if it fell: that is a sale, whatever the cam says.
-                outcome = VendOutcome.DELIVERED if self._dropped else VendOutcome.JAMMED
-                finished = self._finish(outcome, stopped, now)
-            elif self._phase is _Phase.AWAIT_DROP:
-                if self._turns <= self._retry_turns:
-                    self._start_turn(now)
-                else:
-                    finished = self._finish(
-                        VendOutcome.NO_DROP, f"no drop after {self._turns} turn(s)", now
-                    )
+            finished = self._check(now)
+        if finished is not None and finished.outcome is VendOutcome.BLOCKED:
+            self._emit(DeviceFault("drop_sensor", "blocked", True, finished.detail, now))
         self._report(finished)
+
+    def _check(self, now: float) -> VendFinished | None:
+        if self._phase is _Phase.IDLE:
+            return None
+        if self._beam_since is not None and now >= self._beam_since + DROP_MAX_S:
+            self._motors[self._slot].off()
+            self._beam_since = None
+            self._blocked_reported = True
+            return self._finish(
+                VendOutcome.BLOCKED, "drop beam cut for too long during the vend", now
+            )
+        if self._deadline is None or now < self._deadline:
+            return None
+        if self._phase is _Phase.TURNING:
+            self._motors[self._slot].off()
+            stopped = f"not home after {self._max_run_s:g} s; motor stopped"
+            # The shopper has the product if it fell: that is a sale, whatever the cam says.
+            outcome = VendOutcome.DELIVERED if self._dropped else VendOutcome.JAMMED
+            return self._finish(outcome, stopped, now)
+        if self._turns <= self._retry_turns:
+            self._start_turn(now)
+            return None
+        return self._finish(VendOutcome.NO_DROP, f"no drop after {self._turns} turn(s)", now)
 
     def _finish(self, outcome: VendOutcome, detail: str, now: float) -> VendFinished:
         self._phase = _Phase.IDLE
-        self._deadline = None
+        self._deadline = self._beam_since = None
         return VendFinished(self._slot, outcome, detail, now)
 
     def _report(self, finished: VendFinished | None) -> None:
@@ -213,7 +233,7 @@ class SpiralDispenser(Timed):
             for motor in self._motors.values():
                 motor.off()
             self._phase = _Phase.IDLE
-            self._deadline = None
+            self._deadline = self._beam_since = None
 
     def close(self) -> None:
         self.stop_all()

@@ -232,21 +232,34 @@ class Outcome:
         return all(c.ok for c in self.checks)
 
 
+def ground_truth(rig: SimKiosk) -> reports.Check:
+    """The ledger against the world: every coin in the cash box is counted, and no slot has sold
+    more products than fell from it."""
+    check = reports.Check("ground truth")
+    truth, db = rig.world.truth, rig.ledger.db
+    counted = reports.totals(db).coins_cents
+    if truth.cashbox_cents != counted:
+        check.differences.append(
+            f"the cash box holds {truth.cashbox_cents} c, the ledger counts {counted} c"
+        )
+    sold = dict(db.execute("SELECT slot, count(*) FROM sales GROUP BY slot").fetchall())
+    for slot, sales in sorted(sold.items()):
+        if sales > truth.delivered[slot]:
+            check.differences.append(
+                f"slot {slot}: {sales} sales but {truth.delivered[slot]} products fell"
+            )
+    return check
+
+
 def simulate(rig: SimKiosk, shoppers: int, seed: int) -> Outcome:
     started = time.perf_counter()
     population = Population(rig, shoppers, seed)
     population.run()
     wall_s = time.perf_counter() - started
     db = rig.ledger.db
-    checks = reports.verify(db)
+    checks = [*reports.verify(db), ground_truth(rig)]
     truth = rig.world.truth
     totals = reports.totals(db)
-    ground = reports.Check("ground truth")
-    if truth.cashbox_cents != totals.coins_cents:
-        ground.differences.append(
-            f"the cash box holds {truth.cashbox_cents} c, the ledger counts {totals.coins_cents} c"
-        )
-    checks.append(ground)
     return Outcome(
         tally=population.tally,
         totals=totals,

@@ -144,7 +144,7 @@ def test_a_product_dropped_during_the_wait_after_home_is_delivered(rig: Rig) -> 
     result = finished(rig.run())
     assert (result.slot, result.outcome) == (2, VendOutcome.DELIVERED)
     assert result.detail == "dropped after 1 turn(s)"
-    assert result.at == pytest.approx(2.5)
+    assert result.at == pytest.approx(2.54)  # when the product has passed the beam
     assert rig.turns(2) == [(0.0, 2.0)]
     assert_all_motors_off(rig)
 
@@ -225,6 +225,18 @@ def test_a_blocked_drop_sensor_refuses_the_vend_until_it_clears(rig: Rig) -> Non
     ]
     rig.dispenser.vend(1)
     assert finished(rig.run()).outcome is VendOutcome.DELIVERED
+
+
+def test_a_beam_that_stays_cut_during_a_vend_confirms_nothing(rig: Rig) -> None:
+    rig.spiral(2).empty = True
+    rig.clock.call_at(0.5, lambda: rig.world.stick_drop_sensor(True))
+    rig.dispenser.vend(2)
+    fault, result = rig.run()
+    assert (fault.device, fault.code, fault.active) == ("drop_sensor", "blocked", True)
+    assert (result.slot, result.outcome) == (2, VendOutcome.BLOCKED)
+    assert result.at == pytest.approx(1.0)
+    assert rig.turns(2) == [(0.0, 1.0)]
+    assert_all_motors_off(rig)
 
 
 # --- refusals and the safe state -----------------------------------------------------------
