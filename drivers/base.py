@@ -27,8 +27,12 @@ class DeviceError(Exception):
 
 @dataclass(frozen=True)
 class CoinAccepted:
+    """A coin credited. `merged`: read from a train that several coins ran into, so its value
+    is certain but its denomination is a best guess (the total of the train is right)."""
+
     value_cents: int
     at: float
+    merged: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,11 @@ class CoinAcceptor(Timed, ABC):
     @property
     @abstractmethod
     def is_accepting(self) -> bool: ...
+
+    @property
+    def reading(self) -> bool:
+        """A coin is being read and will be reported shortly."""
+        return False
 
     @abstractmethod
     def close(self) -> None:

@@ -26,14 +26,19 @@ from drivers.base import (
     CoinAcceptor,
     CoinRejected,
     DeviceError,
+    DeviceFault,
     Emit,
     Wake,
 )
 
 log = logging.getLogger(__name__)
 
+DEVICE = "coin_acceptor"
+
 TOLERANCE_MIN = 0.6  # accepted pulse width (and gap) window, as a fraction of the nominal value
 TOLERANCE_MAX = 1.6
+BOUNCE = 0.2  # a high shorter than this fraction of the width or gap is contact bounce
+LINE_HELD_LOW = "line held low"
 
 
 @dataclass(frozen=True)
@@ -94,12 +99,14 @@ class PulseDecoder:
         self._max_s = settings.pulse_ms * TOLERANCE_MAX / 1000
         self._max_gap_s = settings.gap_ms * TOLERANCE_MAX / 1000
         self._end_gap_s = settings.end_gap_ms / 1000
+        self._bounce_s = min(settings.pulse_ms, settings.gap_ms) * BOUNCE / 1000
         self._done: list[Train] = []
         self._reset()
 
     def _reset(self) -> None:
         self.active = False  # a train is in progress
         self._low_since: float | None = None
+        self._segment: tuple[float, float] | None = None  # the last low stretch, not yet judged
         self._last_edge = 0.0
         self._pulses: list[tuple[float, float]] = []  # (start, end) of each valid pulse
         self._glitches = 0
@@ -107,23 +114,36 @@ class PulseDecoder:
 
     def edge(self, at: float, low: bool) -> None:
         if low:
-            if self._low_since is None:
-                if self.active and at >= self._last_edge + self._end_gap_s:
-                    self._close()  # the previous train ended before anyone asked
-                self._low_since = at
-                self.active = True
+            if self._low_since is not None:
+                return
+            if self._segment is not None and at - self._segment[1] < self._bounce_s:
+                self._low_since, self._segment = self._segment[0], None  # contact bounce
+                return
+            self._judge()
+            if self.active and at >= self._last_edge + self._end_gap_s:
+                self._close()  # the previous train ended before anyone asked
+            self._low_since = at
+            self.active = True
             return
         if self._low_since is None:
             return  # a release we never saw start, e.g. a line stuck low that we gave up on
-        width = at - self._low_since
+        self._segment = (self._low_since, at)
         self._low_since = None
         self._last_edge = at
+
+    def _judge(self) -> None:
+        """Classify the last low stretch: a pulse, a glitch, or too wide."""
+        if self._segment is None:
+            return
+        start, end = self._segment
+        self._segment = None
+        width = end - start
         if width < self._min_s:
             self._glitches += 1
         elif width > self._max_s:
             self._bad = self._bad or f"pulse of {width * 1000:.0f} ms"
         else:
-            self._pulses.append((at - width, at))
+            self._pulses.append((start, end))
 
     def next_deadline(self) -> float | None:
         if not self.active:
@@ -137,12 +157,13 @@ class PulseDecoder:
         deadline = self.next_deadline()
         if deadline is not None and now >= deadline:
             if self._low_since is not None:
-                self._bad = "line held low"
+                self._bad = LINE_HELD_LOW
             self._close()
         done, self._done = self._done, []
         return done
 
     def _close(self) -> None:
+        self._judge()
         pulses, glitches, bad = self._pulses, self._glitches, self._bad
         self._reset()
         if bad:
@@ -206,6 +227,7 @@ class PulseCoinAcceptor(CoinAcceptor):
         self._decoder = PulseDecoder(settings)
         self._lock = threading.Lock()
         self._accepting = False
+        self._stuck = False
         self._line: DigitalInputDevice | None = None
         self._inhibit: DigitalOutputDevice | None = None
 
@@ -237,6 +259,9 @@ class PulseCoinAcceptor(CoinAcceptor):
         now = self._clock.monotonic()
         with self._lock:
             self._decoder.edge(now, low=False)
+            released, self._stuck = self._stuck, False
+        if released:
+            self._emit(DeviceFault(DEVICE, "line_stuck", False, "coin line released", now))
         self._emit(Wake(now))
 
     def _apply_inhibit(self) -> None:
@@ -253,6 +278,11 @@ class PulseCoinAcceptor(CoinAcceptor):
     def is_accepting(self) -> bool:
         return self._accepting
 
+    @property
+    def reading(self) -> bool:
+        with self._lock:
+            return self._decoder.active
+
     def next_deadline(self) -> float | None:
         with self._lock:
             return self._decoder.next_deadline()
@@ -262,14 +292,22 @@ class PulseCoinAcceptor(CoinAcceptor):
             trains = self._decoder.expire(now)
             self._apply_inhibit()
         for train in trains:
+            if train.reason == LINE_HELD_LOW:
+                # A shorted or stuck line would swallow every coin: stop taking them.
+                with self._lock:
+                    self._stuck = True
+                detail = f"GPIO{self._settings.coin_pin} held low"
+                self._emit(DeviceFault(DEVICE, "line_stuck", True, detail, now))
+                continue
             if train.reason:
                 log.warning("pulse train refused: %s", train.reason)
                 self._emit(CoinRejected("pulse_train", train.reason, now))
                 continue
-            if len(train.coins) > 1:
+            merged = len(train.coins) > 1
+            if merged:
                 log.warning("merged train of %d pulses read as %s c", train.pulses, train.coins)
             for value in train.coins:
-                self._emit(CoinAccepted(value, now))
+                self._emit(CoinAccepted(value, now, merged))
 
     def close(self) -> None:
         if self._inhibit is not None:

@@ -82,6 +82,7 @@ class Controller:
         self._inactive_at: float | None = None
         self._donate_at: float | None = None
         self._running = False
+        self._stop_after_vend = False
 
     @property
     def state(self) -> State:
@@ -157,6 +158,8 @@ class Controller:
         if self._donate_at is None:
             return None
         remaining = self._donate_at - self.clock.monotonic()
+        if remaining <= 0:
+            return None  # held while a coin is read: the acceptor's deadline wakes the loop
         return self._donate_at - max(0, int(remaining - 1e-9))
 
     def _service(self, now: float) -> None:
@@ -166,10 +169,10 @@ class Controller:
             self._message = self._message_until = None
             self._show_state()
         if self._donate_at is not None:
-            if now >= self._donate_at:
-                self._donate()
-            else:
+            if now < self._donate_at:
                 self._show_state()
+            elif not self.hw.acceptor.reading and self.events.empty():
+                self._donate()  # not while a coin is being read, or read but not yet counted
         if self._inactive_at is not None and now >= self._inactive_at:
             self._inactive_at = None
             self._leave_credit("inactivity")
@@ -178,9 +181,12 @@ class Controller:
         self.hw.dispenser.stop_all()
         self.hw.acceptor.set_accepting(False)
         self.model.faults.add(fault)
-        self._vend = None
+        vend, self._vend = self._vend, None
         try:
             self.ledger.record_event("fault", f"{fault}: {err}")
+            if vend is not None:
+                self.ledger.interrupt_vend(vend[0], f"{fault} during the vend; not charged")
+                self._reload_slots()
         except LedgerError:
             log.exception("cannot record the fault")
         self.model.halt()
@@ -209,7 +215,9 @@ class Controller:
             case Refill():
                 self._on_refill(event)
             case Shutdown():
-                self._running = False
+                # A vend ends within max_run_s: let it, so nothing is dispensed uncharged.
+                self._stop_after_vend = self.state is State.VENDING
+                self._running = self._stop_after_vend
             case Wake():
                 pass
             case _:
@@ -217,7 +225,7 @@ class Controller:
 
     def _on_coin(self, event: CoinAccepted) -> None:
         # The coin is in the cash box whatever the state: it is always credited.
-        self.model.credit_cents = self.ledger.record_coin(event.value_cents)
+        self.model.credit_cents = self.ledger.record_coin(event.value_cents, event.merged)
         log.info("coin %d c, credit %d c", event.value_cents, self.credit_cents)
         if self.state is State.IDLE:
             self.model.insert_coin()
@@ -230,6 +238,9 @@ class Controller:
         slot = self.slots.get(slot_id)
         if slot is None or self.state not in (State.IDLE, State.CREDIT):
             return
+        if self.state is State.CREDIT:
+            self._donate_at = None  # any selection: the shopper is still here
+            self._touch()
         fields = {"product": slot.product, "price": slot.price_cents}
         if slot.quantity == 0:
             self._say("sold_out", **fields)
@@ -238,11 +249,9 @@ class Controller:
         elif self.state is State.IDLE:
             self._say("price", **fields)
         elif self.credit_cents < slot.price_cents:
-            self._touch()
             self._say("missing", missing=slot.price_cents - self.credit_cents, **fields)
         else:
             self._vend = (self.ledger.start_vend(slot_id, slot.price_cents), slot_id)
-            self._donate_at = None
             self._message = self._message_until = None
             self.model.select()
             self.hw.dispenser.vend(slot_id)
@@ -265,6 +274,8 @@ class Controller:
             self._say("vend_failed", credit=self.credit_cents)
         self._reload_slots()
         self.model.vend_done()
+        if self._stop_after_vend:
+            self._running = False
 
     def _on_door(self, is_open: bool) -> None:
         self.model.door_open = is_open
@@ -296,9 +307,13 @@ class Controller:
     def _on_refill(self, event: Refill) -> None:
         slot = self.slots.get(event.slot)
         if self.state is not State.MAINTENANCE or slot is None:
-            log.warning("refill of slot %d refused in %s", event.slot, self.state)
+            why = "no such slot" if slot is None else f"door closed ({self.state})"
+            self.ledger.record_event("refill_refused", why, event.slot, event.actor)
             return
         quantity = min(event.quantity, slot.capacity - slot.quantity)
+        if quantity < event.quantity:
+            detail = f"{event.quantity} asked, {quantity} fit (capacity {slot.capacity})"
+            self.ledger.record_event("refill_capped", detail, event.slot, event.actor)
         if quantity > 0:
             self.ledger.refill(event.slot, quantity, event.actor)
             self._reload_slots()
@@ -331,7 +346,8 @@ class Controller:
     # --- outputs -----------------------------------------------------------------------------
 
     def _reload_slots(self) -> None:
-        self.slots = self.ledger.slots()
+        configured = {slot.id for slot in self.config.slots}
+        self.slots = {k: v for k, v in self.ledger.slots().items() if k in configured}
         self.model.sellable = any(s.sellable for s in self.slots.values())
 
     def _entered(self, state: State) -> None:

@@ -96,7 +96,8 @@ class Ledger:
         return boots
 
     def sync_slots(self, slots: tuple[SlotConfig, ...]) -> None:
-        """Add configured slots the ledger lacks (with a first count); follow product and price."""
+        """Add configured slots the ledger lacks (with a first count), follow product and price,
+        and disable slots the configuration no longer has (their history stays)."""
         with self._tx() as at:
             for slot in slots:
                 row = self.db.execute(
@@ -120,6 +121,14 @@ class Ledger:
                     )
                     detail = f"{row[0]} {row[1]} c -> {slot.product} {slot.price_cents} c"
                     self._event(at, "slot_changed", detail, slot.id, "config")
+            configured = [slot.id for slot in slots]
+            marks = ", ".join("?" for _ in configured)
+            gone = self.db.execute(
+                f"SELECT slot FROM stock WHERE enabled AND slot NOT IN ({marks})", configured
+            ).fetchall()
+            for (slot_id,) in gone:
+                self.db.execute("UPDATE stock SET enabled = 0 WHERE slot = ?", [slot_id])
+                self._event(at, "slot_removed", "no longer in the configuration", slot_id, "config")
 
     def resolve_interrupted_vends(self) -> list[InterruptedVend]:
         """Vends cut short by a crash: never charged; their slot is flagged for a recount."""
@@ -129,16 +138,22 @@ class Ledger:
                 "SELECT id, slot, price_cents FROM vends WHERE outcome = 'pending' ORDER BY id"
             )
         ]
-        with self._tx() as at:
-            for vend in found:
-                self.db.execute(
-                    "UPDATE vends SET outcome = 'interrupted', ended_at = ?, "
-                    "detail = 'kiosk restarted during the vend; not charged' WHERE id = ?",
-                    [at, vend.vend_id],
-                )
-                self.db.execute("UPDATE stock SET needs_recount = 1 WHERE slot = ?", [vend.slot])
-                self._event(at, "vend_interrupted", f"vend {vend.vend_id}; recount", vend.slot)
+        for vend in found:
+            self.interrupt_vend(vend.vend_id, "kiosk restarted during the vend; not charged")
         return found
+
+    def interrupt_vend(self, vend_id: int, detail: str) -> None:
+        """A vend that never got its outcome: not charged, and since the product may have
+        fallen, its slot is flagged for a recount."""
+        with self._tx() as at:
+            slot = self._one("SELECT slot FROM vends WHERE id = ?", [vend_id])
+            self.db.execute(
+                "UPDATE vends SET outcome = 'interrupted', ended_at = ?, detail = ? "
+                "WHERE id = ? AND outcome = 'pending'",
+                [at, detail, vend_id],
+            )
+            self.db.execute("UPDATE stock SET needs_recount = 1 WHERE slot = ?", [slot])
+            self._event(at, "vend_interrupted", f"vend {vend_id}: {detail}; recount", slot)
 
     # --- reads the core needs ----------------------------------------------------------------
 
@@ -159,13 +174,13 @@ class Ledger:
 
     # --- money -------------------------------------------------------------------------------
 
-    def record_coin(self, value_cents: int) -> int:
+    def record_coin(self, value_cents: int, merged: bool = False) -> int:
         """A coin and the credit it adds, in one transaction. Returns the new credit."""
         with self._tx() as at:
             session = self._open_session(at)
             self.db.execute(
-                "INSERT INTO coins (at, session_id, value_cents) VALUES (?, ?, ?)",
-                [at, session, value_cents],
+                "INSERT INTO coins (at, session_id, value_cents, merged) VALUES (?, ?, ?, ?)",
+                [at, session, value_cents, merged],
             )
             self.db.execute(
                 "UPDATE credit_sessions SET balance_cents = balance_cents + ? WHERE id = ?",

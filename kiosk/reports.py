@@ -119,6 +119,7 @@ def verify(db: Database) -> list[Check]:
 @dataclass(frozen=True)
 class Totals:
     coins_by_value: dict[int, int]
+    coins_merged: int  # read from merged pulse trains: denomination estimated
     coins_cents: int
     sales: int
     sales_cents: int
@@ -135,6 +136,7 @@ def totals(db: Database) -> Totals:
     )
     return Totals(
         coins_by_value=coins,
+        coins_merged=_scalar(db, "SELECT count(*) FROM coins WHERE merged"),
         coins_cents=sum(v * n for v, n in coins.items()),
         sales=_scalar(db, "SELECT count(*) FROM sales"),
         sales_cents=_scalar(db, "SELECT sum(price_cents) FROM sales"),

@@ -101,6 +101,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        2,
+        "coins read from merged pulse trains",
+        """
+        ALTER TABLE coins ADD COLUMN merged INTEGER NOT NULL DEFAULT 0
+        """,
+    ),
 ]
 
 

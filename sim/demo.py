@@ -60,6 +60,7 @@ def _as_dict(o: Outcome, shoppers: int, seed: int) -> dict[str, Any]:
         "wall_seconds": round(o.wall_s, 2),
         "coins_by_value": {str(k): v for k, v in sorted(t.coins_by_value.items())},
         "coins_cents": t.coins_cents,
+        "coins_from_merged_trains": t.coins_merged,
         "sales": t.sales,
         "sales_cents": t.sales_cents,
         "donations": t.donations,
@@ -83,7 +84,8 @@ def summary(o: Outcome, config: Config, shoppers: int, seed: int) -> str:
     lines = [
         f"kiosk {config.kiosk.id}: {shoppers} shoppers, seed {seed}, "
         f"{o.simulated_s / 3600:.1f} h simulated in {o.wall_s:.1f} s",
-        f"coins      {coins} = {t.coins_cents} c",
+        f"coins      {coins} = {t.coins_cents} c"
+        + (f" ({t.coins_merged} read from merged trains)" if t.coins_merged else ""),
         f"sales      {t.sales} ({t.sales_cents} c)",
         f"donations  {t.donations} ({t.donations_cents} c) to {config.credit.beneficiary or '-'}",
         f"credit     {t.open_credit_cents} c open",

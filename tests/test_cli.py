@@ -283,7 +283,8 @@ def test_the_same_seed_gives_the_same_numbers(
 ) -> None:
     out, numbers = demo_run[1], demo_json[1]
     coins = ", ".join(f"{v} c x {n}" for v, n in numbers["coins_by_value"].items())
-    assert f"coins      {coins} = {numbers['coins_cents']} c\n" in out
+    assert f"coins      {coins} = {numbers['coins_cents']} c" in out
+    assert f"({numbers['coins_from_merged_trains']} read from merged trains)" in out
     assert f"sales      {numbers['sales']} ({numbers['sales_cents']} c)\n" in out
     assert f"donations  {numbers['donations']} ({numbers['donations_cents']} c) to " in out
     assert f"credit     {numbers['open_credit_cents']} c open\n" in out

@@ -10,7 +10,7 @@ from conftest import KioskMaker, with_changes
 from scenarios import broken_invariants, buy, event_kinds, pay, service_visit
 
 from kiosk.config import Config
-from kiosk.core import Refill
+from kiosk.core import Refill, Shutdown
 from kiosk.machine import State
 from sim.rig import SimKiosk
 
@@ -322,3 +322,95 @@ def test_an_unexpected_error_stops_selling_safely(
     monkeypatch.undo()
     service_visit(kiosk)
     assert kiosk.controller.state is State.CREDIT
+
+
+def test_a_coin_line_held_low_stops_taking_coins(kiosk: SimKiosk) -> None:
+    kiosk.world.coins.line.drive(False)  # a short on the COIN wire
+    kiosk.run_for(1)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    assert kiosk.display == ("Hors service", "Monnayeur")
+    assert kiosk.world.coins.inhibited
+    kiosk.world.coins.line.drive(True)
+    kiosk.run_for(1)
+    assert kiosk.controller.state is State.IDLE
+    assert kiosk.hardware.acceptor.is_accepting
+    assert event_kinds(kiosk)[-2:] == ["fault", "fault_cleared"]
+
+
+def test_a_slot_dropped_from_the_config_is_no_longer_offered(
+    make_kiosk: KioskMaker, config: Config, kiosk: SimKiosk
+) -> None:
+    kiosk.close()
+    two_slots = dataclasses.replace(config, slots=config.slots[:2])
+    kiosk = make_kiosk(two_slots)
+    assert kiosk.controller.state is State.IDLE
+    assert sorted(kiosk.controller.slots) == [1, 2]
+    assert "slot_removed" in event_kinds(kiosk)
+    assert broken_invariants(kiosk) == {}
+
+
+def test_any_selection_stops_the_donation_countdown(kiosk: SimKiosk) -> None:
+    pay(kiosk, 5)
+    kiosk.world.cancel()
+    kiosk.run_for(1)
+    kiosk.world.press(1)  # 20 c: not enough, but the shopper is still there
+    kiosk.run_for(0.5)
+    assert kiosk.display == ("Il manque 15 c", "Cookie bio 20 c")
+    assert not kiosk.controller.donation_pending
+    kiosk.run_for(10)
+    assert kiosk.controller.credit_cents == 5
+
+
+def test_a_coin_being_read_holds_the_donation(kiosk: SimKiosk) -> None:
+    pay(kiosk, 2)
+    kiosk.world.cancel()
+    kiosk.run_for(4.4)  # the countdown ends in 0.7 s; a 5 c train takes about 2 s to read
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(5)
+    assert kiosk.controller.credit_cents == 7
+    assert kiosk.ledger.db.execute("SELECT count(*) FROM donations").fetchone()[0] == 0
+    assert broken_invariants(kiosk) == {}
+
+
+def test_a_shutdown_during_a_vend_lets_it_finish(kiosk: SimKiosk) -> None:
+    pay(kiosk, 5, 5)
+    kiosk.world.press(2)
+    kiosk.run_for(0.5)
+    kiosk.events.put(Shutdown())
+    kiosk.run_for(10)
+    assert kiosk.world.truth.delivered[2] == 1
+    assert kiosk.ledger.db.execute("SELECT outcome FROM vends").fetchone()[0] == "delivered"
+    assert kiosk.controller.credit_cents == 0
+
+
+def test_an_error_during_a_vend_leaves_no_vend_open(
+    kiosk: SimKiosk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pay(kiosk, 5, 5)
+    kiosk.world.press(2)
+    kiosk.run_for(0.3)
+    monkeypatch.setattr(kiosk.controller, "_on_vend_finished", lambda event: 1 / 0)
+    kiosk.run_for(5)
+    rows = kiosk.ledger.db.execute("SELECT outcome FROM vends").fetchall()
+    assert [r[0] for r in rows] == ["interrupted"]
+    assert kiosk.controller.slots[2].needs_recount
+
+
+def test_refills_refused_or_cut_are_recorded(kiosk: SimKiosk) -> None:
+    kiosk.events.put(Refill(1, 3))
+    kiosk.run_for(0.5)
+    kiosk.world.open_door()
+    kiosk.run_for(0.5)
+    kiosk.events.put(Refill(1, 3))
+    kiosk.run_for(0.5)
+    assert "refill_refused" in event_kinds(kiosk)
+    assert "refill_capped" in event_kinds(kiosk)
+    assert kiosk.controller.slots[1].quantity == 12
+
+
+def test_coins_of_a_merged_train_are_flagged(kiosk: SimKiosk) -> None:
+    kiosk.world.burst([5, 2], spacing_s=0.02)  # both validated before the first pulse
+    kiosk.run_for(5)
+    assert kiosk.controller.credit_cents == 7
+    rows = kiosk.ledger.db.execute("SELECT value_cents, merged FROM coins ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [(5, 1), (2, 1)]

@@ -17,7 +17,7 @@ from gpiozero import DigitalInputDevice, DigitalOutputDevice
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.base import CoinAccepted, CoinRejected, DeviceError, Wake
+from drivers.base import CoinAccepted, CoinRejected, DeviceError, DeviceFault, Wake
 from drivers.pulse import PulseCoinAcceptor, PulseDecoder, PulseSettings, Train
 from sim.clock import SimClock
 from sim.world import PulseCoinMech, SimFactory, Truth
@@ -349,18 +349,26 @@ def test_noise_is_rejected_and_the_inhibit_released(
     assert not inhibit_asserted(factory)
 
 
-def test_a_line_stuck_low_is_rejected(
+def test_a_line_stuck_low_is_a_fault_until_released(
     clock: SimClock, acceptor: PulseCoinAcceptor, factory: SimFactory, events: queue.Queue[Any]
 ) -> None:
     acceptor.set_accepting(True)
     line = factory.gpio(17)
     line.drive(False)
-    [rejected] = run(clock, acceptor, events, 2.0)
-    assert isinstance(rejected, CoinRejected)
-    assert rejected.detail == "line held low"
-    assert rejected.at == pytest.approx(MAX + END)
+    [fault] = run(clock, acceptor, events, 2.0)
+    assert fault == DeviceFault("coin_acceptor", "line_stuck", True, "GPIO17 held low", MAX + END)
     clock.call_later(0.5, lambda: line.drive(True))
-    assert run(clock, acceptor, events, 2.0) == []  # the release is no pulse
+    [cleared] = run(clock, acceptor, events, 2.0)  # the release is no pulse
+    assert (cleared.code, cleared.active) == ("line_stuck", False)
+
+
+@pytest.mark.parametrize(("value", "bounces"), [(2, 1), (5, 2), (5, 10)])
+def test_contact_bounce_inside_a_pulse_is_one_pulse(value: int, bounces: int) -> None:
+    edges = train(0.0, PULSES[value])
+    for i in range(bounces):  # the line lifts for 1 ms in the middle of a pulse
+        start = edges[2 * (i % PULSES[value])][0]
+        edges += [(start + 0.02, False), (start + 0.021, True)]
+    assert decode(sorted(edges)) == [Train(PULSES[value], (value,))]
 
 
 def test_close_asserts_the_inhibit_releases_the_pins_and_is_idempotent(
