@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 
-class DeviceError(Exception):
+class DeviceError(OSError):
     """A device could not be opened or driven; the message names the device and its pin or port."""
 
 

@@ -17,6 +17,8 @@ from drivers.base import CancelPressed, Clock, DeviceError, DoorChanged, Emit, S
 
 log = logging.getLogger(__name__)
 
+DEBOUNCE_S = 0.02  # switches bounce for a few ms; on lgpio this is the kernel's debounce
+
 
 class Panel:
     """Buttons (one per slot plus cancel), the door switch and one LED per slot."""
@@ -39,13 +41,19 @@ class Panel:
         self._door: DigitalInputDevice | None = None
         try:
             for slot, pin in buttons.items():
-                button = DigitalInputDevice(pin, pull_up=True, pin_factory=pin_factory)
+                button = DigitalInputDevice(
+                    pin, pull_up=True, bounce_time=DEBOUNCE_S, pin_factory=pin_factory
+                )
                 button.when_activated = self._select_handler(slot)
                 self._buttons[slot] = button
-            self._cancel = DigitalInputDevice(cancel_pin, pull_up=True, pin_factory=pin_factory)
+            self._cancel = DigitalInputDevice(
+                cancel_pin, pull_up=True, bounce_time=DEBOUNCE_S, pin_factory=pin_factory
+            )
             self._cancel.when_activated = self._on_cancel
             # The door switch is held closed by the door: released (line high) means open.
-            self._door = DigitalInputDevice(door_pin, pull_up=True, pin_factory=pin_factory)
+            self._door = DigitalInputDevice(
+                door_pin, pull_up=True, bounce_time=DEBOUNCE_S, pin_factory=pin_factory
+            )
             self._door.when_deactivated = self._on_door_open
             self._door.when_activated = self._on_door_closed
             for slot, pin in leds.items():

@@ -104,12 +104,14 @@ class PulseCoinMech:
         truth: Truth,
         *,
         validate_s: float = 0.3,
+        pulse_ms: float | None = None,
+        gap_ms: float | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.truth = truth
-        self.width_s = settings.pulse_ms / 1000
-        self.gap_s = settings.gap_ms / 1000
+        self.width_s = (pulse_ms or settings.pulse_ms) / 1000  # the acceptor's own timing
+        self.gap_s = (gap_ms or settings.gap_ms) / 1000
         self.validate_s = validate_s
         self.line = factory.gpio(settings.coin_pin)
         self.line.drive(True)
@@ -274,6 +276,8 @@ class World:
         factory: SimFactory | None = None,
         *,
         revolution_s: float = 2.0,
+        pulse_ms: float | None = None,
+        gap_ms: float | None = None,
     ) -> None:
         self.clock = clock
         self.factory = factory or SimFactory()
@@ -281,7 +285,9 @@ class World:
         self.coins: PulseCoinMech | CcTalkCoinMech
         settings = config.coin_acceptor.settings
         if isinstance(settings, PulseSettings):
-            self.coins = PulseCoinMech(settings, self.factory, clock, self.truth)
+            self.coins = PulseCoinMech(
+                settings, self.factory, clock, self.truth, pulse_ms=pulse_ms, gap_ms=gap_ms
+            )
         else:
             self.coins = CcTalkCoinMech(settings, self.truth)
             # The kiosk opens the simulated acceptor's pseudo-terminal like any serial port.

@@ -4,6 +4,7 @@ leftover policies, the door, faults and the safe state."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from conftest import KioskMaker, with_changes
@@ -12,7 +13,9 @@ from scenarios import broken_invariants, buy, event_kinds, pay, service_visit
 from kiosk.config import Config
 from kiosk.core import Refill, Shutdown
 from kiosk.machine import State
+from sim.clock import SimClock
 from sim.rig import SimKiosk
+from sim.world import World
 
 
 def test_a_shopper_buys_a_cookie(kiosk: SimKiosk) -> None:
@@ -414,3 +417,20 @@ def test_coins_of_a_merged_train_are_flagged(kiosk: SimKiosk) -> None:
     assert kiosk.controller.credit_cents == 7
     rows = kiosk.ledger.db.execute("SELECT value_cents, merged FROM coins ORDER BY id").fetchall()
     assert [tuple(r) for r in rows] == [(5, 1), (2, 1)]
+
+
+@pytest.mark.parametrize(("pulse_ms", "gap_ms"), [(35.0, 70.0), (75.0, 150.0)])
+def test_an_acceptor_off_its_nominal_timing_is_still_read(
+    config: Config, db_path: Path, pulse_ms: float, gap_ms: float
+) -> None:
+    clock = SimClock()
+    world = World(config, clock, pulse_ms=pulse_ms, gap_ms=gap_ms)
+    kiosk = SimKiosk(config, db_path, world=world, clock=clock)
+    try:
+        for value in (5, 2, 1):
+            assert kiosk.world.insert_coin(value)
+            kiosk.run_for(4)
+        assert kiosk.controller.credit_cents == 8
+        assert broken_invariants(kiosk) == {}
+    finally:
+        kiosk.shutdown()
