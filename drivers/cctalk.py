@@ -111,6 +111,7 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         self.values: dict[int, int] = {}  # coin position -> cents
         self._accepting = False
         self._last_counter = 0
+        self._seeded = False  # the counter was seeded once; later start-ups keep counting
         self._failures = 0
         self._lost = False
         self._fault = 0  # last non-zero self-check code
@@ -145,10 +146,16 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         for position in POSITIONS:
             ident.coin_ids[position] = _text(t.request(COIN_ID, bytes([position])).data)
         self.values = self._positions(ident.coin_ids)
+        same_device = ident.serial == self.identity.serial and self._seeded
         self.identity = ident
         log.info("ccTalk coin acceptor on %s: %s", t.port_name, ident)
         self._self_check()
-        self._last_counter = t.request(READ_EVENTS).data[0]  # never credit what was buffered
+        events = t.request(READ_EVENTS).data
+        if same_device:
+            self._read_events(events)  # back after an outage: what it buffered meanwhile counts
+        else:
+            self._last_counter = events[0]  # a new session: never credit what was buffered
+            self._seeded = True
         self._apply_inhibits()
         self._failures = 0
         self._next_poll = self._clock.monotonic()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from drivers.cctalk_codec import (
 log = logging.getLogger(__name__)
 
 BAUD = 9600
+POLL_SLICE_S = 0.25  # longest single wait, so a closed port is noticed
 
 
 class NoReply(DeviceError, TimeoutError):
@@ -171,11 +173,15 @@ class Transport:
             remaining = limit - time.monotonic()
             if remaining <= 0:
                 return b""
-            port.timeout = remaining
-            first = port.read(1)
-            port.timeout = 0
-            if first:
-                return bytes(first) + bytes(port.read(port.in_waiting))
+            self._wait_readable(min(remaining, POLL_SLICE_S))
+
+    def _wait_readable(self, timeout_s: float) -> None:
+        # select() on the descriptor: changing pyserial's timeout would reprogram the tty.
+        fileno = getattr(self._serial, "fileno", None)
+        if fileno is None:  # a URL port without a descriptor (loop://, socket:// ...)
+            time.sleep(min(timeout_s, 0.001))
+            return
+        select.select([fileno()], [], [], timeout_s)
 
     def _note(self, direction: str, data: bytes) -> None:
         self.recent.append(Traffic(time.monotonic(), direction, data))

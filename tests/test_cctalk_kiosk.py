@@ -1,0 +1,275 @@
+"""The kiosk with the real ccTalk driver talking to the simulated acceptor over a real
+pseudo-terminal: every fault knob, counter wrap, lost events and device reset, each ending with
+the ledger's coins equal to what the device credited (less what it reports as lost)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import with_changes
+from scenarios import event_kinds
+
+from kiosk import config as config_mod
+from kiosk import reports
+from kiosk.config import Config
+from kiosk.machine import State
+from sim.cctalk_device import SimCcTalkAcceptor
+from sim.clock import SimClock
+from sim.rig import SimKiosk
+from sim.world import CcTalkCoinMech, World
+
+
+@pytest.fixture
+def cctalk_config() -> Config:
+    config = config_mod.load(config_mod.DEFAULT_PROFILE, env={})
+    # Short real-time timeouts: a silent device costs 2 x 20 ms per poll, not 4 x 100 ms.
+    settings = dataclasses.replace(config.coin_acceptor.settings, reply_timeout_ms=20, retries=1)
+    return dataclasses.replace(
+        config, coin_acceptor=dataclasses.replace(config.coin_acceptor, settings=settings)
+    )
+
+
+@pytest.fixture
+def world(cctalk_config: Config) -> Iterator[World]:
+    made = World(cctalk_config, SimClock())
+    yield made
+    made.close()
+    made.factory.reset()
+
+
+@pytest.fixture
+def kiosk(cctalk_config: Config, world: World, db_path: Path) -> Iterator[SimKiosk]:
+    rig = SimKiosk(cctalk_config, db_path, world=world, clock=world.clock)
+    yield rig
+    rig.close()
+
+
+def device(kiosk: SimKiosk) -> SimCcTalkAcceptor:
+    assert isinstance(kiosk.world.coins, CcTalkCoinMech)
+    return kiosk.world.coins.device
+
+
+def ledger_cents(kiosk: SimKiosk) -> int:
+    return reports.totals(kiosk.ledger.db).coins_cents
+
+
+def assert_books_match_the_device(kiosk: SimKiosk) -> None:
+    truth = device(kiosk).truth
+    assert ledger_cents(kiosk) == truth.credited_cents - truth.lost_cents
+    assert all(c.ok for c in reports.verify(kiosk.ledger.db))
+
+
+def test_coins_are_credited_from_the_event_buffer(kiosk: SimKiosk) -> None:
+    assert kiosk.hardware.acceptor.is_accepting
+    assert device(kiosk).master_enabled
+    assert device(kiosk).masks == 0b111  # 1, 2 and 5 c; 10 and 20 c stay inhibited
+    for value in (5, 2, 1):
+        assert kiosk.world.insert_coin(value)
+        kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 8
+    assert not kiosk.world.insert_coin(10)  # programmed in the device, not accepted here
+    kiosk.run_for(0.5)
+    assert "coin_rejected" in event_kinds(kiosk)
+    assert_books_match_the_device(kiosk)
+
+
+def test_the_kiosk_identifies_the_device(kiosk: SimKiosk) -> None:
+    identity = kiosk.hardware.acceptor.identity  # type: ignore[attr-defined]
+    assert (identity.manufacturer, identity.product, identity.serial) == (
+        "Centimeo",
+        "SIM-CA1",
+        12_345_678,
+    )
+    assert identity.comms == "1.4.2"
+    assert kiosk.hardware.acceptor.values == {1: 1, 2: 2, 3: 5, 4: 10, 5: 20}  # type: ignore[attr-defined]
+
+
+def test_coins_are_inhibited_while_vending(kiosk: SimKiosk) -> None:
+    for value in (5, 5):
+        kiosk.world.insert_coin(value)
+        kiosk.run_for(0.5)
+    kiosk.world.press(2)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.state is State.VENDING
+    assert not device(kiosk).master_enabled
+    assert not kiosk.world.insert_coin(5)  # handed back with an "inhibited coin" event
+    kiosk.run_for(5)
+    assert kiosk.controller.credit_cents == 0
+    assert device(kiosk).master_enabled
+    assert_books_match_the_device(kiosk)
+
+
+def test_what_was_buffered_before_the_start_is_never_credited(
+    cctalk_config: Config, db_path: Path
+) -> None:
+    world = World(cctalk_config, SimClock())
+    try:
+        dev = world.coins.device  # type: ignore[union-attr]
+        dev.masks, dev.master_enabled = 0xFF, True
+        dev.insert(5)  # a coin from before this start
+        kiosk = SimKiosk(cctalk_config, db_path, world=world, clock=world.clock)
+        kiosk.run_for(1)
+        assert kiosk.controller.credit_cents == 0
+        kiosk.world.insert_coin(2)
+        kiosk.run_for(0.5)
+        assert kiosk.controller.credit_cents == 2
+        kiosk.close()
+    finally:
+        world.close()
+
+
+def test_the_counter_wraps_from_255_to_1(kiosk: SimKiosk) -> None:
+    dev = device(kiosk)
+    for _ in range(50):
+        for _ in range(5):  # null events push the counter on without credit
+            dev.push_event(0, 0)
+        kiosk.run_for(0.2)
+    assert dev.counter < 255  # it went round
+    for value in (5, 2):
+        kiosk.world.insert_coin(value)
+        kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 7
+    assert_books_match_the_device(kiosk)
+
+
+def test_more_than_five_new_events_are_lost_events(kiosk: SimKiosk) -> None:
+    assert device(kiosk).burst([1, 1, 2, 2, 5, 5, 5]) == 7  # between two polls
+    kiosk.run_for(1)
+    assert device(kiosk).truth.lost == [(1, 0), (1, 0)]
+    assert kiosk.controller.credit_cents == 21 - 2
+    assert "coin_acceptor_lost_events" in event_kinds(kiosk)
+    assert_books_match_the_device(kiosk)
+
+
+def test_a_device_reset_is_noticed_and_inhibits_sent_again(kiosk: SimKiosk) -> None:
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    device(kiosk).power_cycle()
+    assert not device(kiosk).master_enabled
+    kiosk.run_for(0.5)
+    assert "coin_acceptor_reset" in event_kinds(kiosk)
+    assert device(kiosk).master_enabled and device(kiosk).masks == 0b111
+    kiosk.world.insert_coin(2)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 7
+    assert_books_match_the_device(kiosk)
+
+
+def test_a_silent_device_is_lost_then_found(kiosk: SimKiosk) -> None:
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    device(kiosk).silent = True
+    kiosk.world.insert_coin(2)  # in the buffer, unread while the line is dead
+    kiosk.run_for(2)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    assert kiosk.display == ("Hors service", "Monnayeur")
+    device(kiosk).silent = False
+    kiosk.run_for(2)
+    assert kiosk.controller.state is State.CREDIT
+    assert kiosk.controller.credit_cents == 7  # the coin read late still counts
+    kinds = event_kinds(kiosk)
+    assert kinds.count("fault") == 1 and kinds.count("fault_cleared") == 1
+    assert_books_match_the_device(kiosk)
+
+
+@pytest.mark.parametrize("knob", ["corrupt", "noise", "slow"])
+def test_line_trouble_is_retried_and_costs_nothing(kiosk: SimKiosk, knob: str) -> None:
+    dev = device(kiosk)
+    for value in (5, 2, 1):
+        kiosk.world.insert_coin(value)
+        if knob == "corrupt":
+            dev.corrupt_replies = 1
+        elif knob == "noise":
+            dev.noise_bytes = 7
+        else:
+            dev.reply_delay_s = 0.03  # longer than the 20 ms reply timeout, once
+            kiosk.run_for(0.15)
+            dev.reply_delay_s = 0.0
+        kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 8
+    assert kiosk.controller.state is State.CREDIT
+    assert_books_match_the_device(kiosk)
+
+
+def test_a_self_check_fault_stops_selling_until_it_clears(kiosk: SimKiosk) -> None:
+    dev = device(kiosk)
+    dev.self_check_fault = 3  # credit sensor
+    dev.push_event(0, 6)  # credit sensor timeout: possibly swallowed
+    kiosk.run_for(0.5)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    assert not kiosk.hardware.acceptor.is_accepting
+    assert "coin_acceptor_event_6" in event_kinds(kiosk)
+    dev.self_check_fault = 0
+    kiosk.run_for(1.5)
+    assert kiosk.controller.state is State.IDLE
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 5
+    assert_books_match_the_device(kiosk)
+
+
+@pytest.mark.parametrize(("code", "kind"), [(20, "event_20"), (254, "event_254"), (36, "event_36")])
+def test_alarm_events_are_recorded_and_never_credit(kiosk: SimKiosk, code: int, kind: str) -> None:
+    device(kiosk).push_event(0, code)
+    kiosk.run_for(0.5)
+    assert f"coin_acceptor_{kind}" in event_kinds(kiosk)
+    assert kiosk.controller.credit_cents == 0
+
+
+def test_a_coin_table_without_an_accepted_coin_is_a_clear_error(
+    cctalk_config: Config, db_path: Path
+) -> None:
+    world = World(cctalk_config, SimClock())
+    try:
+        world.coins.device.coin_ids = {1: "EU001A", 2: "EU002A"}  # type: ignore[union-attr]
+        kiosk = SimKiosk(cctalk_config, db_path, world=world, clock=world.clock)
+        assert kiosk.controller.state is State.OUT_OF_SERVICE
+        detail = kiosk.ledger.db.execute("SELECT detail FROM events WHERE kind = 'fault'")
+        text = detail.fetchone()[0]
+        assert "accepted coins [5] c" in text and "1=EU001A, 2=EU002A" in text
+        kiosk.close()
+    finally:
+        world.close()
+
+
+@pytest.mark.parametrize(
+    ("checksum", "echo"), [("crc16", "auto"), ("8bit", "off"), ("8bit", "on"), ("crc16", "on")]
+)
+def test_checksum_and_echo_modes(
+    cctalk_config: Config, db_path: Path, checksum: str, echo: str
+) -> None:
+    settings = dataclasses.replace(
+        cctalk_config.coin_acceptor.settings, checksum=checksum, echo=echo
+    )
+    config = dataclasses.replace(
+        cctalk_config,
+        coin_acceptor=dataclasses.replace(cctalk_config.coin_acceptor, settings=settings),
+    )
+    world = World(config, SimClock())
+    try:
+        kiosk = SimKiosk(config, db_path, world=world, clock=world.clock)
+        kiosk.world.insert_coin(5)
+        kiosk.run_for(0.5)
+        assert kiosk.controller.credit_cents == 5
+        assert kiosk.hardware.acceptor.transport.echo is (echo != "off")  # type: ignore[attr-defined]
+        kiosk.close()
+    finally:
+        world.close()
+
+
+def test_a_donation_policy_works_the_same_on_cctalk(cctalk_config: Config, db_path: Path) -> None:
+    config = with_changes(cctalk_config, credit={"leftover": "donate"})
+    world = World(config, SimClock())
+    try:
+        kiosk = SimKiosk(config, db_path, world=world, clock=world.clock)
+        kiosk.world.insert_coin(2)
+        kiosk.run_for(0.5)
+        kiosk.world.cancel()
+        kiosk.run_for(6)
+        assert kiosk.ledger.db.execute("SELECT sum(amount_cents) FROM donations").fetchone()[0] == 2
+        kiosk.close()
+    finally:
+        world.close()
