@@ -1,7 +1,8 @@
 """`kiosk demo`: the kiosk on the simulator, headless with random shoppers or in the terminal.
 
 Interactive keys: 1 2 5 insert a coin, a b c ... press a slot button, x cancel, d open or close
-the door, j then a slot key jams that slot, q quit. Simulated time follows the wall clock.
+the door, j then a slot key jams that slot, q quit; with a ccTalk acceptor also s (silence it or
+wake it) and r (power-cycle it). Simulated time follows the wall clock.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kiosk.config import Config
 from kiosk.errors import KioskError
 from sim.rig import SimKiosk
 from sim.shoppers import Outcome, simulate
+from sim.world import CcTalkCoinMech
 
 SLOT_KEYS = "abcdefghijklmnop"
 
@@ -167,6 +169,14 @@ class _Screen:
         elif key == "j":
             self.jam_next = True
             self.note = "jam which slot?"
+        elif key in "sr" and isinstance(world.coins, CcTalkCoinMech):
+            device = world.coins.device
+            if key == "s":
+                device.silent = not device.silent
+                self.note = "acceptor " + ("silent" if device.silent else "answering")
+            else:
+                device.power_cycle()
+                self.note = "acceptor power-cycled"
 
     def draw(self, screen: Any) -> None:
         rig, ctl = self.rig, self.rig.controller
@@ -174,7 +184,8 @@ class _Screen:
         line1, line2 = rig.display
         width = rig.config.display.columns
         rows = [
-            f"Centimeo {rig.config.kiosk.id}   simulated {rig.clock.now:7.1f} s",
+            f"Centimeo {rig.config.kiosk.id}   simulated {rig.clock.now:7.1f} s   "
+            f"coin acceptor: {rig.config.coin_acceptor.driver}",
             "+" + "-" * (width + 2) + "+",
             f"| {line1:<{width}} |",
             f"| {line2:<{width}} |",
@@ -195,7 +206,10 @@ class _Screen:
             f"  {at[11:19]} {what:<18} {'' if s is None else 'slot ' + str(s)} {detail}"
             for at, what, s, detail in reports.recent_events(rig.ledger.db, 6)
         ]
-        rows += ["", "keys: 1 2 5 coin  a b c.. slot  x cancel  d door  j jam  q quit", self.note]
+        keys = "keys: 1 2 5 coin  a b c.. slot  x cancel  d door  j jam  q quit"
+        if isinstance(rig.world.coins, CcTalkCoinMech):
+            keys += "  s silence  r reset acceptor"
+        rows += ["", keys, self.note]
         height, cols = screen.getmaxyx()
         for y, row in enumerate(rows[: height - 1]):
             screen.addstr(y, 0, row[: cols - 1])

@@ -1,0 +1,100 @@
+"""Benchmarks that print figures (they assert nothing): `python -m sim.bench cctalk|demo`.
+
+cctalk: the 229 poll round trip of the real driver against the simulated acceptor on a
+pseudo-terminal at 9600-baud timing, next to the wire time of the bytes exchanged (goal: within
+1.15 x), and the host's CPU time per poll (the driver's thread only, not the simulated device's).
+demo: the headless shopper simulation on the pulse profile, in simulated hours per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from drivers.base import SystemClock
+from drivers.cctalk import READ_EVENTS, CcTalkCoinAcceptor, CcTalkSettings
+from kiosk import config as config_mod
+from sim.cctalk_device import SimCcTalkAcceptor
+from sim.rig import SimKiosk
+from sim.shoppers import simulate
+
+POLL_BYTES = 5 + 16  # the 229 request and its 11-data-byte reply; the echo rides on the request
+
+
+def bench_cctalk(polls: int, baud: int = 9600) -> dict[str, float]:
+    device = SimCcTalkAcceptor(echo=True, wire_timing=True, baud=baud)
+    events: queue.Queue[Any] = queue.Queue()
+    acceptor = CcTalkCoinAcceptor(
+        CcTalkSettings(port=device.path, baud=baud), (1, 2, 5), SystemClock(), events.put
+    )
+    try:
+        acceptor.start()
+        acceptor.set_accepting(True)
+        round_trips, cpu = [], []
+        for i in range(polls):
+            if i % 10 == 0:
+                device.insert(5)  # some polls carry a credit
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            reply = acceptor.transport.request(READ_EVENTS)
+            acceptor._read_events(reply.data)
+            cpu.append(time.thread_time() - cpu_started)
+            round_trips.append(time.perf_counter() - started)
+    finally:
+        acceptor.close()
+        device.close()
+    wire_s = POLL_BYTES * 10 / baud
+    mean = statistics.fmean(round_trips)
+    return {
+        "polls": polls,
+        "wire_ms": wire_s * 1000,
+        "round_trip_mean_ms": mean * 1000,
+        "round_trip_p95_ms": statistics.quantiles(round_trips, n=20)[18] * 1000,
+        "ratio_to_wire": mean / wire_s,
+        "host_cpu_per_poll_us": statistics.fmean(cpu) * 1e6,
+        "credits": events.qsize(),
+    }
+
+
+def bench_demo(shoppers: int, seed: int) -> dict[str, float]:
+    config = config_mod.load(config_mod.PULSE_PROFILE, env={})
+    with tempfile.TemporaryDirectory() as tmp:
+        rig = SimKiosk(config, Path(tmp) / "bench.db")
+        try:
+            outcome = simulate(rig, shoppers, seed)
+        finally:
+            rig.shutdown()
+    return {
+        "shoppers": shoppers,
+        "simulated_hours": outcome.simulated_s / 3600,
+        "wall_s": outcome.wall_s,
+        "simulated_hours_per_s": outcome.simulated_s / 3600 / outcome.wall_s,
+        "invariants_ok": float(outcome.ok),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__)
+    parser.add_argument("what", choices=["cctalk", "demo"])
+    parser.add_argument("--polls", type=int, default=200, help="cctalk: polls to time")
+    parser.add_argument("--shoppers", type=int, default=2000, help="demo: shoppers")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the figures only
+    figures = (
+        bench_cctalk(args.polls) if args.what == "cctalk" else bench_demo(args.shoppers, args.seed)
+    )
+    for name, value in figures.items():
+        print(f"{name:<24} {value:10.3f}" if isinstance(value, float) else f"{name:<24} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
