@@ -96,6 +96,18 @@ class Controller:
     def donation_pending(self) -> bool:
         return self._donate_at is not None
 
+    @property
+    def settled(self) -> bool:
+        """Nothing under way: no vend, message, countdown, coin being read or motor deadline."""
+        return (
+            self._vend is None
+            and self._message_until is None
+            and self._inactive_at is None
+            and self._donate_at is None
+            and not self.hw.acceptor.reading
+            and self.hw.dispenser.next_deadline() is None
+        )
+
     # --- start-up ----------------------------------------------------------------------------
 
     def start(self) -> None:

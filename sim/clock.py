@@ -61,7 +61,7 @@ class SimClock:
                 return events.get_nowait()
             except queue.Empty:
                 pass
-            nxt = self._next_at()
+            nxt = self.next_at()
             limit = min(math.inf if deadline is None else deadline, self.horizon)
             if nxt <= limit:
                 self.run_next()
@@ -86,7 +86,8 @@ class SimClock:
     def pending(self) -> int:
         return sum(not e.cancelled for e in self._heap)
 
-    def _next_at(self) -> float:
+    def next_at(self) -> float:
+        """When the next world action is due (inf if none)."""
         while self._heap and self._heap[0].cancelled:
             heapq.heappop(self._heap)
         return self._heap[0].at if self._heap else math.inf

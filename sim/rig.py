@@ -56,11 +56,15 @@ class SimKiosk:
         self.clock.horizon = math.inf
 
     def run_until_quiet(self, limit_s: float = 24 * 3600) -> None:
-        """Run until nothing is scheduled and the kiosk waits on no deadline (or `limit_s`)."""
+        """Run until the world has nothing scheduled and the kiosk has settled: no vend, no
+        message, no countdown, no coin being read (periodic polling goes on) - or `limit_s`."""
         self.clock.horizon = self.clock.now + limit_s
         self.clock.exhausted = False
-        self.controller.run(until=self._reached_horizon)
+        self.controller.run(until=lambda: self._reached_horizon() or self._quiet())
         self.clock.horizon = math.inf
+
+    def _quiet(self) -> bool:
+        return self.clock.next_at() == math.inf and self.controller.settled and self.events.empty()
 
     def _reached_horizon(self) -> bool:
         done = self.clock.exhausted or self.clock.now >= self.clock.horizon

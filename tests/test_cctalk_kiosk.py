@@ -19,6 +19,7 @@ from kiosk.machine import State
 from sim.cctalk_device import SimCcTalkAcceptor
 from sim.clock import SimClock
 from sim.rig import SimKiosk
+from sim.shoppers import simulate
 from sim.world import CcTalkCoinMech, World
 
 
@@ -273,3 +274,10 @@ def test_a_donation_policy_works_the_same_on_cctalk(cctalk_config: Config, db_pa
         kiosk.close()
     finally:
         world.close()
+
+
+def test_random_shoppers_on_cctalk_keep_every_invariant(kiosk: SimKiosk) -> None:
+    outcome = simulate(kiosk, 10, seed=5)
+    assert outcome.ok, [c.differences for c in outcome.checks]
+    assert outcome.totals.sales > 0
+    assert_books_match_the_device(kiosk)
