@@ -58,12 +58,13 @@ class CcTalkSettings:
 
 
 def coin_value_cents(coin_id: str) -> int | None:
-    """Cents from a coin id `CCVVVI` (EU001A = 1 c, EU.05A = 5 c); None if unprogrammed."""
+    """Cents from a coin id `CCVVVI` (EU001A = 1 c, EU.05A = 5 c); None if unprogrammed or of
+    no stated value (a taught coin, TK000A: the ledger refuses a 0 c coin)."""
     match = re.fullmatch(r"[A-Z]{2}(\d{3}|\.\d\d)[A-Z]", coin_id)
     if match is None:
         return None
     code = match.group(1)
-    return int(code[1:]) if code.startswith(".") else int(code)
+    return (int(code[1:]) if code.startswith(".") else int(code)) or None
 
 
 @dataclass

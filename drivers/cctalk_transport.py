@@ -159,9 +159,17 @@ class Transport:
                     deadline = time.monotonic() + timeout_s
                     continue
             for frame in parser.feed(chunk, time.monotonic()):
-                self._note("rx", encode(frame, self.checksum))
+                raw = encode(frame, self.checksum)
+                self._note("rx", raw)
                 if frame.destination == HOST and frame.source == self.address:
                     return frame
+                if raw == tx and self.echo is False:
+                    # Skipping it would work only while replies follow within 50 ms, and a retry
+                    # could take the late reply: a wrong setting, so fail at once and say so.
+                    raise DeviceError(
+                        f"ccTalk {self.port_name}: the line echoes but echo is off "
+                        "(set it to on or auto)"
+                    )
 
     def _read_until(self, limit: float) -> bytes:
         """Whatever arrives before `limit` (monotonic), returned as soon as anything arrives."""
