@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 SIMPLE_POLL, CATEGORY, MANUFACTURER, PRODUCT, SERIAL, SOFTWARE = 254, 245, 246, 244, 242, 241
 COMMS, COIN_ID, SELF_CHECK, READ_EVENTS, MODIFY_INHIBIT, MASTER_INHIBIT = 4, 184, 232, 229, 231, 228
 POSITIONS = range(1, 17)
+OPTION_FLAGS = 213
+SLOW_REPLY_S = 0.5  # the self-check may take a device this long (reference: 232, 236, 1)
 RECOVERY_POLL_S = 1.0
 FAULT_POLL_S = 1.0
 DEVICE = "coin_acceptor"
@@ -65,6 +67,13 @@ def coin_value_cents(coin_id: str) -> int | None:
         return None
     code = match.group(1)
     return (int(code[1:]) if code.startswith(".") else int(code)) or None
+
+
+def cvf_cents(code: int) -> int | None:
+    """A Coin Value Format credit code: 7-bit value, times 10 when bit 7 is set; 255 is a token
+    of no stated value."""
+    value = (code & 0x7F) * (10 if code & 0x80 else 1)
+    return None if code == 255 or value == 0 else value
 
 
 @dataclass
@@ -110,6 +119,7 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         )
         self.identity = Identity()
         self.values: dict[int, int] = {}  # coin position -> cents
+        self.cvf = False  # credit codes carry values, not positions
         self._accepting = False
         self._last_counter = 0
         self._seeded = False  # the counter was seeded once; later start-ups keep counting
@@ -147,6 +157,7 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         for position in POSITIONS:
             ident.coin_ids[position] = _text(t.request(COIN_ID, bytes([position])).data)
         self.values = self._positions(ident.coin_ids)
+        self.cvf = self._credit_codes_are_values()
         same_device = ident.serial == self.identity.serial and self._seeded
         self.identity = ident
         log.info("ccTalk coin acceptor on %s: %s", t.port_name, ident)
@@ -173,8 +184,17 @@ class CcTalkCoinAcceptor(CoinAcceptor):
             )
         return values
 
+    def _credit_codes_are_values(self) -> bool:
+        """Option flag bit 0: credit codes are coin values (CVF) rather than positions. Not in
+        the minimum command set: a device that stays silent reports positions."""
+        try:
+            flags = self.transport.request(OPTION_FLAGS, retries=0).data
+        except DeviceError:
+            return False
+        return bool(flags[:1] and flags[0] & 1)
+
     def _self_check(self) -> None:
-        code = self.transport.request(SELF_CHECK).data[:1]
+        code = self.transport.request(SELF_CHECK, timeout_s=SLOW_REPLY_S).data[:1]
         fault = code[0] if code else 0
         if fault and not self._fault:
             self._emit(
@@ -306,7 +326,7 @@ class CcTalkCoinAcceptor(CoinAcceptor):
 
     def _event(self, a: int, b: int, now: float) -> None:
         if a:
-            value = self.values.get(a)
+            value = cvf_cents(a) if self.cvf else self.values.get(a)
             if value is None:
                 self._notice("unknown_credit", f"credit for coin position {a} with no value", now)
             else:

@@ -97,10 +97,16 @@ class Transport:
             self._serial.close()
             self._serial = None
 
-    def request(self, header: int, data: bytes = b"", timeout_s: float | None = None) -> Frame:
+    def request(
+        self,
+        header: int,
+        data: bytes = b"",
+        timeout_s: float | None = None,
+        retries: int | None = None,
+    ) -> Frame:
         """Send a command to the device; return its reply (header 0) or raise after retries."""
         problem: DeviceError = NoReply(f"ccTalk {self.port_name}: header {header}: no reply")
-        for attempt in range(1 + self.retries):
+        for attempt in range(1 + (self.retries if retries is None else retries)):
             try:
                 return self._exchange(header, data, timeout_s or self.reply_timeout_s)
             except (NoReply, Refused) as err:

@@ -66,6 +66,7 @@ class SimCcTalkAcceptor:
         self.noise_bytes = 0  # garbage bytes sent before the next reply
         self.reply_delay_s = 0.0
         self.self_check_fault = 0
+        self.cvf = False  # option flag bit 0: credit codes are values, not positions
         self.polls = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -105,7 +106,10 @@ class SimCcTalkAcceptor:
             elif not self.master_enabled or not self.masks & (1 << (position - 1)):
                 self._push(0, INHIBITED_COIN)
             else:
-                self._push(position, 0)
+                code = position
+                if self.cvf:  # Coin Value Format: the value itself, or tens with bit 7
+                    code = value_cents if value_cents < 128 else 0x80 | value_cents // 10
+                self._push(code, 0)
                 self.truth.credited.append(value_cents)
                 return True
             self.truth.returned.append(value_cents)
@@ -131,15 +135,17 @@ class SimCcTalkAcceptor:
         if dropped_serial > self._delivered:
             self.truth.lost.append((dropped_a, dropped_b))
             if dropped_a:
-                self.truth.lost_cents += self._value(dropped_a)
+                self.truth.lost_cents += self._credit_value(dropped_a)
 
     @property
     def all_read(self) -> bool:
         with self._lock:
             return self._delivered == self._serial_no
 
-    def _value(self, position: int) -> int:
-        return int(self.coin_ids[position][2:5])
+    def _credit_value(self, code: int) -> int:
+        if self.cvf:
+            return (code & 0x7F) * (10 if code & 0x80 else 1)
+        return int(self.coin_ids[code][2:5])
 
     # --- the wire --------------------------------------------------------------------------
 
@@ -197,7 +203,7 @@ class SimCcTalkAcceptor:
         if header == 184 and len(data) == 1 and 1 <= data[0] <= 16:
             return self.coin_ids.get(data[0], "......").encode()
         if header == 213:
-            return b"\x00"
+            return bytes([int(self.cvf)])
         if header == 232:
             return bytes([self.self_check_fault])
         if header == 229:

@@ -281,3 +281,21 @@ def test_random_shoppers_on_cctalk_keep_every_invariant(kiosk: SimKiosk) -> None
     assert outcome.ok, [c.differences for c in outcome.checks]
     assert outcome.totals.sales > 0
     assert_books_match_the_device(kiosk)
+
+
+def test_a_device_reporting_coin_values_is_read_by_value(
+    cctalk_config: Config, db_path: Path
+) -> None:
+    world = World(cctalk_config, SimClock())
+    try:
+        world.coins.device.cvf = True  # type: ignore[union-attr]
+        kiosk = SimKiosk(cctalk_config, db_path, world=world, clock=world.clock)
+        assert kiosk.hardware.acceptor.cvf  # type: ignore[attr-defined]
+        for value in (5, 2, 1):
+            kiosk.world.insert_coin(value)
+            kiosk.run_for(0.5)
+        assert kiosk.controller.credit_cents == 8
+        assert_books_match_the_device(kiosk)
+        kiosk.close()
+    finally:
+        world.close()

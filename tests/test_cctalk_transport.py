@@ -27,7 +27,7 @@ from drivers.base import (
     DeviceNotice,
     SystemClock,
 )
-from drivers.cctalk import CcTalkCoinAcceptor, CcTalkSettings, coin_value_cents
+from drivers.cctalk import CcTalkCoinAcceptor, CcTalkSettings, coin_value_cents, cvf_cents
 from drivers.cctalk_codec import HOST, Checksum, Frame, FrameParser, encode
 from drivers.cctalk_transport import NoReply, Refused, Transport
 from sim.cctalk_device import SimCcTalkAcceptor
@@ -416,3 +416,24 @@ def test_random_replies_never_credit(raw: bytes) -> None:
     valid = [f for f in found if f == Frame(HOST, 0, f.data, 2) and len(f.data) == 11]
     assert valid or not [e for e in emitted if isinstance(e, CoinAccepted)]
     assert valid or acceptor._failures == 1  # without a real 229 reply the poll failed
+
+
+@pytest.mark.parametrize(
+    ("code", "cents"),
+    [
+        (1, 1),
+        (2, 2),
+        (5, 5),
+        (10, 10),
+        (148, 200),
+        (153, 250),
+        (178, 500),
+        (228, 1000),
+        (254, 1260),
+        (255, None),
+        (0, None),
+        (128, None),
+    ],
+)
+def test_coin_value_format_codes(code: int, cents: int | None) -> None:
+    assert cvf_cents(code) == cents
