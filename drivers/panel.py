@@ -27,7 +27,7 @@ class Panel:
         self,
         buttons: dict[int, int],
         cancel_pin: int,
-        door_pin: int,
+        door_pin: int | None,
         leds: dict[int, int],
         clock: Clock,
         emit: Emit,
@@ -50,12 +50,13 @@ class Panel:
                 cancel_pin, pull_up=True, bounce_time=DEBOUNCE_S, pin_factory=pin_factory
             )
             self._cancel.when_activated = self._on_cancel
-            # The door switch is held closed by the door: released (line high) means open.
-            self._door = DigitalInputDevice(
-                door_pin, pull_up=True, bounce_time=DEBOUNCE_S, pin_factory=pin_factory
-            )
-            self._door.when_deactivated = self._on_door_open
-            self._door.when_activated = self._on_door_closed
+            if door_pin is not None:
+                # The door switch is held closed by the door: released (line high) means open.
+                self._door = DigitalInputDevice(
+                    door_pin, pull_up=True, bounce_time=DEBOUNCE_S, pin_factory=pin_factory
+                )
+                self._door.when_deactivated = self._on_door_open
+                self._door.when_activated = self._on_door_closed
             for slot, pin in leds.items():
                 self._leds[slot] = LED(pin, initial_value=False, pin_factory=pin_factory)
         except Exception as err:  # gpiozero raises many unrelated types for a bad pin

@@ -61,7 +61,8 @@ class DisplaySection:
 @dataclass(frozen=True)
 class PanelSection:
     cancel_pin: int = field(metadata={"min": 0, "max": 27})
-    door_pin: int = field(metadata={"min": 0, "max": 27})
+    # Omitted: no door switch (a bench or a kiosk serviced through the CLI only).
+    door_pin: int | None = field(default=None, metadata={"min": 0, "max": 27})
 
 
 @dataclass(frozen=True)
@@ -306,10 +307,9 @@ def _check_whole(config: Config) -> None:
 
 
 def _pins(config: Config) -> list[tuple[str, int]]:
-    pins = [
-        ("panel.cancel_pin", config.panel.cancel_pin),
-        ("panel.door_pin", config.panel.door_pin),
-    ]
+    pins = [("panel.cancel_pin", config.panel.cancel_pin)]
+    if config.panel.door_pin is not None:
+        pins.append(("panel.door_pin", config.panel.door_pin))
     pins.append(("dispenser.drop_pin", config.dispenser.drop_pin))
     for i, slot in enumerate(config.slots):
         for name in ("motor_pin", "home_pin", "button_pin", "led_pin"):

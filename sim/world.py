@@ -306,8 +306,10 @@ class World:
         self.drop_stuck = False
         self.cancel_pin = self.factory.gpio(config.panel.cancel_pin)
         self.cancel_pin.drive(True)
-        self.door = self.factory.gpio(config.panel.door_pin)
-        self.door.drive(False)  # closed: the door holds its switch down
+        self.door: SimPin | None = None
+        if config.panel.door_pin is not None:
+            self.door = self.factory.gpio(config.panel.door_pin)
+            self.door.drive(False)  # closed: the door holds its switch down
 
     # --- shoppers ---------------------------------------------------------------------------
 
@@ -328,13 +330,18 @@ class World:
 
     @property
     def door_open(self) -> bool:
-        return bool(self.door.state)
+        return self.door is not None and bool(self.door.state)
 
     def open_door(self) -> None:
-        self.door.drive(True)
+        self._door_switch().drive(True)
 
     def close_door(self) -> None:
-        self.door.drive(False)
+        self._door_switch().drive(False)
+
+    def _door_switch(self) -> SimPin:
+        if self.door is None:
+            raise RuntimeError("this kiosk has no door switch (panel.door_pin)")
+        return self.door
 
     def repair(self) -> None:
         """What a technician fixes with the door open: jams, wedged products, the drop beam."""
