@@ -33,6 +33,9 @@ class CoinAccepted:
     value_cents: int
     at: float
     merged: bool = False
+    # Where the device stands once this coin is counted, kept with the coin so that a restart
+    # can carry on from it (opaque to the kiosk; see CoinAcceptor.resume_from).
+    cursor: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,10 @@ class CoinAcceptor(Timed, ABC):
     """
 
     name: str
+
+    def resume_from(self, cursor: str | None) -> None:
+        """Before start(): the cursor of the last coin the ledger holds, so that coins the device
+        reported but the kiosk never recorded (a crash in between) are counted after all."""
 
     @abstractmethod
     def start(self) -> None:

@@ -123,6 +123,7 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         self._accepting = False
         self._last_counter = 0
         self._seeded = False  # the counter was seeded once; later start-ups keep counting
+        self._resume: str | None = None
         self._failures = 0
         self._lost = False
         self._fault = 0  # last non-zero self-check code
@@ -163,11 +164,16 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         log.info("ccTalk coin acceptor on %s: %s", t.port_name, ident)
         self._self_check()
         events = t.request(READ_EVENTS).data
-        if same_device:
-            self._read_events(events)  # back after an outage: what it buffered meanwhile counts
+        resumed = self._resume_counter(ident.serial, events[0])
+        if same_device or resumed is not None:
+            # Back after an outage, or after a restart of the kiosk: what the device reported
+            # since the last coin counted still counts.
+            if resumed is not None:
+                self._last_counter = resumed
+            self._read_events(events)
         else:
             self._last_counter = events[0]  # a new session: never credit what was buffered
-            self._seeded = True
+        self._seeded = True
         self._apply_inhibits()
         self._failures = 0
         self._next_poll = self._clock.monotonic()
@@ -183,6 +189,18 @@ class CcTalkCoinAcceptor(CoinAcceptor):
                 f"(coin ids: {listed or 'none programmed'})"
             )
         return values
+
+    def resume_from(self, cursor: str | None) -> None:
+        self._resume = cursor
+
+    def _resume_counter(self, serial: int, counter: int) -> int | None:
+        """The event counter of the last coin the ledger holds, if it is this device's and the
+        device has not been reset since (its counter would be back at 0)."""
+        match = re.fullmatch(r"cctalk:(\d+):(\d+)", self._resume or "")
+        self._resume = None
+        if match is None or int(match.group(1)) != serial or counter == 0:
+            return None
+        return int(match.group(2))
 
     def _credit_codes_are_values(self) -> bool:
         """Option flag bit 0: credit codes are coin values (CVF) rather than positions. Not in
@@ -321,16 +339,18 @@ class CcTalkCoinAcceptor(CoinAcceptor):
                 "lost_events", f"{new - 5} event(s) lost (counter {last} -> {counter})", now
             )
         for i in range(min(new, 5) - 1, -1, -1):  # oldest new event first
-            self._event(data[1 + 2 * i], data[2 + 2 * i], now)
+            number = (counter - 1 - i) % 255 + 1  # this event's own counter value
+            self._event(data[1 + 2 * i], data[2 + 2 * i], now, number)
         self._last_counter = counter
 
-    def _event(self, a: int, b: int, now: float) -> None:
+    def _event(self, a: int, b: int, now: float, number: int) -> None:
         if a:
             value = cvf_cents(a) if self.cvf else self.values.get(a)
             if value is None:
                 self._notice("unknown_credit", f"credit for coin position {a} with no value", now)
             else:
-                self._emit(CoinAccepted(value, now))
+                cursor = f"cctalk:{self.identity.serial}:{number}"
+                self._emit(CoinAccepted(value, now, cursor=cursor))
             return
         name, kind = classify(b)
         if kind is EventClass.REJECTED:

@@ -118,6 +118,7 @@ class Controller:
         for vend in self.ledger.resolve_interrupted_vends():
             log.warning("vend %d of slot %d was interrupted: not charged", vend.vend_id, vend.slot)
         try:
+            self.hw.acceptor.resume_from(self.ledger.acceptor_cursor())
             self.hw.acceptor.start()
         except DeviceError as err:
             log.error("%s", err)
@@ -237,7 +238,9 @@ class Controller:
 
     def _on_coin(self, event: CoinAccepted) -> None:
         # The coin is in the cash box whatever the state: it is always credited.
-        self.model.credit_cents = self.ledger.record_coin(event.value_cents, event.merged)
+        self.model.credit_cents = self.ledger.record_coin(
+            event.value_cents, event.merged, event.cursor
+        )
         log.info("coin %d c, credit %d c", event.value_cents, self.credit_cents)
         if self.state is State.IDLE:
             self.model.insert_coin()

@@ -157,6 +157,10 @@ class Ledger:
 
     # --- reads the core needs ----------------------------------------------------------------
 
+    def acceptor_cursor(self) -> str | None:
+        cursor = self._one("SELECT value FROM meta WHERE key = 'acceptor_cursor'")
+        return None if cursor is None else str(cursor)
+
     def credit_cents(self) -> int:
         return int(
             self._one("SELECT balance_cents FROM credit_sessions WHERE closed_at IS NULL") or 0
@@ -174,9 +178,14 @@ class Ledger:
 
     # --- money -------------------------------------------------------------------------------
 
-    def record_coin(self, value_cents: int, merged: bool = False) -> int:
-        """A coin and the credit it adds, in one transaction. Returns the new credit."""
+    def record_coin(self, value_cents: int, merged: bool = False, cursor: str = "") -> int:
+        """A coin, the credit it adds and the acceptor's cursor, in one transaction. Returns the
+        new credit."""
         with self._tx() as at:
+            if cursor:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('acceptor_cursor', ?)", [cursor]
+                )
             session = self._open_session(at)
             self.db.execute(
                 "INSERT INTO coins (at, session_id, value_cents, merged) VALUES (?, ?, ?, ?)",

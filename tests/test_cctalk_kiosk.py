@@ -299,3 +299,40 @@ def test_a_device_reporting_coin_values_is_read_by_value(
         kiosk.close()
     finally:
         world.close()
+
+
+def test_coins_read_but_not_recorded_before_a_crash_are_counted_after_it(
+    kiosk: SimKiosk, cctalk_config: Config, db_path: Path
+) -> None:
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    for value in (2, 1):
+        kiosk.world.insert_coin(value)
+    # The driver reads the two coins, then the power goes before the core records them.
+    kiosk.hardware.acceptor.service(kiosk.clock.now + 1)
+    assert kiosk.events.qsize() == 2
+    kiosk.close()
+    again = SimKiosk(cctalk_config, db_path, world=kiosk.world, clock=kiosk.clock)
+    try:
+        again.run_for(0.5)
+        assert again.controller.credit_cents == 8
+        assert_books_match_the_device(again)
+    finally:
+        again.close()
+
+
+def test_a_new_device_after_a_restart_starts_afresh(
+    kiosk: SimKiosk, cctalk_config: Config, db_path: Path
+) -> None:
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    kiosk.close()
+    dev = device(kiosk)
+    dev.serial_number = 999  # the acceptor was swapped while the kiosk was off
+    dev.push_event(1, 0)  # whatever it buffered belongs to its former life
+    again = SimKiosk(cctalk_config, db_path, world=kiosk.world, clock=kiosk.clock)
+    try:
+        again.run_for(0.5)
+        assert again.controller.credit_cents == 5
+    finally:
+        again.close()
