@@ -153,9 +153,6 @@ class Controller:
             log.exception("core error, going out of service")
             self._halt("storage" if isinstance(err, LedgerError) else "internal_error", err)
 
-    def post(self, event: Any) -> None:
-        self.events.put(event)
-
     def _next_deadline(self) -> float | None:
         candidates = [
             self._message_until,

@@ -125,10 +125,6 @@ class PulseCoinMech:
         return bool(self._inhibit.state) == self.settings.inhibit_active_high
 
     @property
-    def busy(self) -> bool:
-        return self.clock.now < self._free_at
-
-    @property
     def quiet(self) -> bool:
         """No train on the line, and the last one is at least an end gap old."""
         return self.clock.now >= self._free_at + self.settings.end_gap_ms / 1000
@@ -163,8 +159,6 @@ class PulseCoinMech:
 
 class CcTalkCoinMech:
     """The coin slot of a simulated ccTalk acceptor, which answers on its own pseudo-terminal."""
-
-    busy = False  # coins are reported through the device's event buffer, not a line
 
     def __init__(self, settings: CcTalkSettings, truth: Truth) -> None:
         self.device = SimCcTalkAcceptor(
