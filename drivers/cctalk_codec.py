@@ -73,9 +73,12 @@ def decode(raw: bytes, mode: Checksum = Checksum.SIMPLE, source: int = HOST) -> 
 class FrameParser:
     """Bytes in, frames out. Never raises on bad input; counts what it had to throw away."""
 
-    def __init__(self, mode: Checksum = Checksum.SIMPLE, source: int = HOST) -> None:
+    def __init__(
+        self, mode: Checksum = Checksum.SIMPLE, source: int = HOST, destination: int | None = None
+    ) -> None:
         self.mode = mode
         self.source = source
+        self.destination = destination  # if given, a frame can only start with this byte
         self.discarded = 0  # bytes thrown away: garbage, corrupted or truncated frames
         self._buffer = bytearray()
         self._last_at: float | None = None
@@ -87,15 +90,15 @@ class FrameParser:
             self._last_at = at
         self._buffer += chunk
         frames: list[Frame] = []
-        while len(self._buffer) >= 2:
+        while self._buffer:
+            if self.destination is not None and self._buffer[0] != self.destination:
+                self._drop(1)  # cannot start a frame for us: garbage
+                continue
+            if len(self._buffer) < 2:
+                break
             size = self._buffer[1] + 5
             if len(self._buffer) < size:
-                # Perhaps garbage claiming a long frame: a whole valid frame further on wins.
-                later = self._later_frame_start()
-                if later is None:
-                    break
-                self._drop(later)
-                continue
+                break  # the rest is on its way, or the 50 ms gap will drop it
             frame = decode(bytes(self._buffer[:size]), self.mode, self.source)
             if frame is None:
                 self._drop(1)  # slide one byte and look for a frame start again
@@ -103,14 +106,6 @@ class FrameParser:
             del self._buffer[:size]
             frames.append(frame)
         return frames
-
-    def _later_frame_start(self) -> int | None:
-        buffer = self._buffer
-        for start in range(1, len(buffer) - 4):
-            end = start + buffer[start + 1] + 5
-            if end <= len(buffer) and decode(bytes(buffer[start:end]), self.mode) is not None:
-                return start
-        return None
 
     def _drop(self, count: int) -> None:
         del self._buffer[:count]

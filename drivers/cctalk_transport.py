@@ -135,9 +135,11 @@ class Transport:
         return raw
 
     def _read_reply(self, tx: bytes, timeout_s: float) -> Frame:
-        parser = FrameParser(self.checksum, source=self.address)
+        parser = FrameParser(self.checksum, source=self.address, destination=HOST)
         deadline = time.monotonic() + timeout_s
-        echo = bytearray() if self.echo is not False else None  # echo bytes still expected
+        # The first bytes are looked at as a possible echo whatever the setting: an echo where
+        # none is expected is a wrong setting, which is said at once.
+        echo: bytearray | None = bytearray()
         started = False
         while True:
             # The first byte may take the reply timeout; each next one at most 50 ms.
@@ -151,13 +153,18 @@ class Transport:
                 if len(echo) < len(tx) and tx.startswith(echo):
                     continue
                 if echo.startswith(tx):
+                    if self.echo is False:
+                        raise DeviceError(
+                            f"ccTalk {self.port_name}: the line echoes but echo is off "
+                            "(set it to on or auto)"
+                        )
                     self._note("echo", tx)
                     self.echo = True
                     chunk = bytes(echo[len(tx) :])
                 elif self.echo:
                     raise NoReply(f"ccTalk {self.port_name}: echo differs from what was sent")
-                else:
-                    self.echo = False  # "auto" on a link without echo: this is the reply
+                else:  # "auto" on a link without echo, or "off": this is the reply
+                    self.echo = False
                     chunk = bytes(echo)
                 echo = None
                 started = bool(chunk)
@@ -167,15 +174,8 @@ class Transport:
             for frame in parser.feed(chunk, time.monotonic()):
                 raw = encode(frame, self.checksum)
                 self._note("rx", raw)
-                if frame.destination == HOST and frame.source == self.address:
+                if frame.source == self.address:
                     return frame
-                if raw == tx and self.echo is False:
-                    # Skipping it would work only while replies follow within 50 ms, and a retry
-                    # could take the late reply: a wrong setting, so fail at once and say so.
-                    raise DeviceError(
-                        f"ccTalk {self.port_name}: the line echoes but echo is off "
-                        "(set it to on or auto)"
-                    )
 
     def _read_until(self, limit: float) -> bytes:
         """Whatever arrives before `limit` (monotonic), returned as soon as anything arrives."""

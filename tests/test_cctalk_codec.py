@@ -144,12 +144,25 @@ def test_the_parser_finds_frames_split_across_reads() -> None:
 
 
 def test_the_parser_skips_garbage_and_corrupted_frames() -> None:
-    parser = FrameParser()
+    parser = FrameParser(destination=1)
     garbage = h("FF 00 13 37")
     corrupted = h("01 00 02 00 FE")
     frames = parser.feed(garbage + corrupted + h("01 00 02 00 FD"), 0.0)
     assert frames == [Frame(1, 0, b"", 2)]
     assert parser.discarded == len(garbage) + len(corrupted)
+
+
+def test_a_reply_arriving_byte_by_byte_is_not_cut_by_its_own_zeros() -> None:
+    # Empty event pairs hold "00 00 00 00 00", itself a valid frame in both forms.
+    for mode, raw in [
+        (S, h("01 0B 02 00 01 01 05 00 00 00 00 00 00 00 00 EB")),
+        (C, encode(Frame(1, 0, bytes(11), 2), C)),
+    ]:
+        parser, found = FrameParser(mode, source=2, destination=1), []
+        for i, byte in enumerate(raw):
+            found += parser.feed(bytes([byte]), i * 0.00104)
+        assert found == [decode(raw, mode, source=2)]
+        assert parser.discarded == 0
 
 
 def test_a_gap_longer_than_50_ms_drops_a_truncated_frame() -> None:
