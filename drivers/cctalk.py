@@ -30,7 +30,7 @@ from drivers.base import (
 )
 from drivers.cctalk_codec import Checksum
 from drivers.cctalk_events import EventClass, classify, fault_name
-from drivers.cctalk_transport import Transport
+from drivers.cctalk_transport import NoReply, Refused, Transport
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ SIMPLE_POLL, CATEGORY, MANUFACTURER, PRODUCT, SERIAL, SOFTWARE = 254, 245, 246, 
 COMMS, COIN_ID, SELF_CHECK, READ_EVENTS, MODIFY_INHIBIT, MASTER_INHIBIT = 4, 184, 232, 229, 231, 228
 POSITIONS = range(1, 17)
 OPTION_FLAGS = 213
-SLOW_REPLY_S = 0.5  # the self-check may take a device this long (reference: 232, 236, 1)
+REQUEST_INHIBIT = 230
+INHIBITED_COIN = 2
 RECOVERY_POLL_S = 1.0
 FAULT_POLL_S = 1.0
 DEVICE = "coin_acceptor"
@@ -54,6 +55,7 @@ class CcTalkSettings:
     echo: str = field(default="auto", metadata={"choices": ("auto", "on", "off")})
     poll_interval_ms: int = field(default=150, metadata={"min": 100, "max": 200})
     reply_timeout_ms: int = field(default=100, metadata={"min": 10, "max": 2000})
+    slow_reply_timeout_ms: int = field(default=1000, metadata={"min": 10, "max": 5000})
     retries: int = field(default=3, metadata={"min": 0, "max": 5})
     baud: int = field(default=9600, metadata={"choices": (4800, 9600, 19200, 38400, 115200)})
     lost_after: int = field(default=5, metadata={"min": 2, "max": 50})
@@ -120,6 +122,8 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         self.identity = Identity()
         self.values: dict[int, int] = {}  # coin position -> cents
         self.cvf = False  # credit codes carry values, not positions
+        self._mask_bytes = 2
+        self._last_error = ""
         self._accepting = False
         self._last_counter = 0
         self._seeded = False  # the counter was seeded once; later start-ups keep counting
@@ -135,7 +139,8 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         self.transport.open()
         try:
             self._start_up()
-        except DeviceError:
+        except DeviceError as err:
+            self.transport.dump(f"start-up failed: {err}")
             self._set_lost()
             raise
 
@@ -156,14 +161,19 @@ class CcTalkCoinAcceptor(CoinAcceptor):
                 f"{ident.category!r}, not a coin acceptor"
             )
         for position in POSITIONS:
-            ident.coin_ids[position] = _text(t.request(COIN_ID, bytes([position])).data)
+            try:
+                reply = t.request(COIN_ID, bytes([position]), retries=1, length=(6,))
+                ident.coin_ids[position] = _text(reply.data)
+            except (NoReply, Refused):
+                ident.coin_ids[position] = "......"  # some devices stay silent for unfitted ones
+        self._mask_bytes = self._inhibit_width()
         self.values = self._positions(ident.coin_ids)
         self.cvf = self._credit_codes_are_values()
         same_device = ident.serial == self.identity.serial and self._seeded
         self.identity = ident
         log.info("ccTalk coin acceptor on %s: %s", t.port_name, ident)
         self._self_check()
-        events = t.request(READ_EVENTS).data
+        events = t.request(READ_EVENTS, length=(11,)).data
         resumed = self._resume_counter(ident.serial, events[0])
         if same_device or resumed is not None:
             # Back after an outage, or after a restart of the kiosk: what the device reported
@@ -212,7 +222,8 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         return bool(flags[:1] and flags[0] & 1)
 
     def _self_check(self) -> None:
-        code = self.transport.request(SELF_CHECK, timeout_s=SLOW_REPLY_S).data[:1]
+        slow_s = self._settings.slow_reply_timeout_ms / 1000  # a self-check can take a while
+        code = self.transport.request(SELF_CHECK, timeout_s=slow_s, length=(1, 2)).data[:1]
         fault = code[0] if code else 0
         if fault and not self._fault:
             self._emit(
@@ -232,13 +243,23 @@ class CcTalkCoinAcceptor(CoinAcceptor):
             )
         self._fault = fault
 
+    def _inhibit_width(self) -> int:
+        """How many mask bytes the device keeps: the length of its 230 reply (2 if unsure)."""
+        try:
+            width = len(self.transport.request(REQUEST_INHIBIT, retries=1).data)
+        except DeviceError:
+            return 2
+        return width if 1 <= width <= 16 else 2
+
     def _apply_inhibits(self) -> None:
         mask = sum(1 << (p - 1) for p, v in self.values.items() if v in self._coins)
-        self.transport.request(MODIFY_INHIBIT, mask.to_bytes(2, "little"))
+        self.transport.request(
+            MODIFY_INHIBIT, mask.to_bytes(self._mask_bytes, "little"), length=(0,)
+        )
         self._send_master()
 
     def _send_master(self) -> None:
-        self.transport.request(MASTER_INHIBIT, bytes([1 if self._accepting else 0]))
+        self.transport.request(MASTER_INHIBIT, bytes([1 if self._accepting else 0]), length=(0,))
 
     # --- the CoinAcceptor interface --------------------------------------------------------
 
@@ -270,10 +291,13 @@ class CcTalkCoinAcceptor(CoinAcceptor):
                 if not self._fault:
                     self._apply_inhibits()
             else:
-                self._read_events(self.transport.request(READ_EVENTS).data)
+                self._read_events(self.transport.request(READ_EVENTS, length=(11,)).data)
             self._failures = 0
+            self._last_error = ""
         except DeviceError as err:
-            log.debug("%s", err)
+            if str(err) != self._last_error:  # say each new trouble once, not every second
+                log.warning("%s", err)
+                self._last_error = str(err)
             self._failed()
         self._next_poll = now + self._interval()
 
@@ -335,15 +359,29 @@ class CcTalkCoinAcceptor(CoinAcceptor):
             return
         new = counter - last if counter >= last else counter - last + 255
         if new > 5:
-            self._notice(
-                "lost_events", f"{new - 5} event(s) lost (counter {last} -> {counter})", now
+            detail = (
+                f"{new - 5} event(s) lost (counter {last} -> {counter}); credits may be missing"
             )
+            self.transport.dump(detail)
+            self._emit(DeviceFault(DEVICE, "lost_events", True, detail, now))
+            self._emit(DeviceFault(DEVICE, "lost_events", False, "the five newest were read", now))
+        follow_up: set[str] = set()
         for i in range(min(new, 5) - 1, -1, -1):  # oldest new event first
             number = (counter - 1 - i) % 255 + 1  # this event's own counter value
-            self._event(data[1 + 2 * i], data[2 + 2 * i], now, number)
-        self._last_counter = counter
+            follow_up |= self._event(data[1 + 2 * i], data[2 + 2 * i], now, number)
+            self._last_counter = number  # counted: never read twice, whatever happens next
+        try:
+            if "self_check" in follow_up:
+                self._self_check()
+            if "inhibits" in follow_up and self._accepting:
+                # A true coin refused as inhibited while we accept: the device may have been
+                # reset before its first event (counter still 0) and forgotten its masks.
+                self._apply_inhibits()
+        except DeviceError as err:
+            log.warning("ccTalk coin acceptor: %s", err)
 
-    def _event(self, a: int, b: int, now: float, number: int) -> None:
+    def _event(self, a: int, b: int, now: float, number: int) -> set[str]:
+        """Report one event; returns what it calls for next ("self_check", "inhibits")."""
         if a:
             value = cvf_cents(a) if self.cvf else self.values.get(a)
             if value is None:
@@ -351,15 +389,17 @@ class CcTalkCoinAcceptor(CoinAcceptor):
             else:
                 cursor = f"cctalk:{self.identity.serial}:{number}"
                 self._emit(CoinAccepted(value, now, cursor=cursor))
-            return
+            return set()
         name, kind = classify(b)
         if kind is EventClass.REJECTED:
             self._emit(CoinRejected(f"cctalk_{b}", name, now))
-        elif kind is EventClass.POSSIBLE:
+            return {"inhibits"} if b == INHIBITED_COIN or 128 <= b <= 159 else set()
+        if kind is EventClass.POSSIBLE:
             self._notice(f"event_{b}", f"{name}: a coin may be jammed or swallowed", now)
-            self._self_check()
-        elif kind is EventClass.ALARM:
+            return {"self_check"}
+        if kind is EventClass.ALARM:
             self._notice(f"event_{b}", name, now)
+        return set()
 
     def _notice(self, code: str, detail: str, now: float) -> None:
         log.warning("ccTalk coin acceptor: %s", detail)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 BAUD = 9600
 POLL_SLICE_S = 0.25  # longest single wait, so a closed port is noticed
+SETTLE_QUIET_S = 0.02  # quiet on the line that ends a failed exchange
+SETTLE_MAX_S = 0.5
 
 
 class NoReply(DeviceError, TimeoutError):
@@ -103,16 +105,35 @@ class Transport:
         data: bytes = b"",
         timeout_s: float | None = None,
         retries: int | None = None,
+        length: tuple[int, ...] | None = None,
     ) -> Frame:
-        """Send a command to the device; return its reply (header 0) or raise after retries."""
+        """Send a command to the device; return its reply (header 0, with one of the `length`s
+        of data if given) or raise after retries."""
         problem: DeviceError = NoReply(f"ccTalk {self.port_name}: header {header}: no reply")
         for attempt in range(1 + (self.retries if retries is None else retries)):
             try:
-                return self._exchange(header, data, timeout_s or self.reply_timeout_s)
+                reply = self._exchange(header, data, timeout_s or self.reply_timeout_s)
             except (NoReply, Refused) as err:
                 problem = err
                 log.debug("ccTalk header %d, try %d: %s", header, attempt + 1, err)
+                self._settle()
+                continue
+            if length is None or len(reply.data) in length:
+                return reply
+            problem = NoReply(
+                f"ccTalk {self.port_name}: header {header}: reply of {len(reply.data)} bytes"
+            )
+            self._settle()
         raise problem
+
+    def _settle(self) -> None:
+        """After a failed exchange, wait for the line to fall quiet: a late reply must not be
+        taken for the answer to the retry. This is also the back-off between tries."""
+        if self._serial is None:
+            return
+        limit = time.monotonic() + SETTLE_MAX_S
+        while time.monotonic() < limit and self._read_until(time.monotonic() + SETTLE_QUIET_S):
+            pass
 
     def _exchange(self, header: int, data: bytes, timeout_s: float) -> Frame:
         if self._serial is None:

@@ -178,10 +178,16 @@ class SimCcTalkAcceptor:
                 raw[-1] ^= 0x5A
             noise = bytes(self._rng.randrange(256) for _ in range(self.noise_bytes))
             self.noise_bytes = 0
-            delay = wire_in + self.reply_delay_s + (len(raw) + len(noise)) * self.byte_s
-        if delay:
-            time.sleep(delay)
-        os.write(self._master, noise + bytes(raw))
+        out = noise + bytes(raw)
+        if wire_in + self.reply_delay_s:
+            time.sleep(wire_in + self.reply_delay_s)
+        if not self.byte_s:
+            os.write(self._master, out)
+            return
+        started = time.monotonic()  # one byte at a time, as a UART delivers them
+        for i, byte in enumerate(out, start=1):
+            time.sleep(max(0.0, started + i * self.byte_s - time.monotonic()))
+            os.write(self._master, bytes([byte]))
 
     def _handle(self, header: int, data: bytes) -> bytes | None:
         """The reply's data for a request, or None for silence (an unsupported header)."""

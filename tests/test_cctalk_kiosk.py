@@ -141,7 +141,9 @@ def test_more_than_five_new_events_are_lost_events(kiosk: SimKiosk) -> None:
     kiosk.run_for(1)
     assert device(kiosk).truth.lost == [(1, 0), (1, 0)]
     assert kiosk.controller.credit_cents == 21 - 2
-    assert "coin_acceptor_lost_events" in event_kinds(kiosk)
+    lost = kiosk.ledger.db.execute("SELECT detail FROM events WHERE kind = 'fault'").fetchone()
+    assert "coin_acceptor lost_events: 2 event(s) lost" in lost[0]
+    assert event_kinds(kiosk)[-1] == "fault_cleared"
     assert_books_match_the_device(kiosk)
 
 

@@ -280,9 +280,12 @@ class FakeTransport:
         self.fault = fault
         self.sent: list[tuple[int, bytes]] = []
 
-    def request(self, header: int, data: bytes = b"", timeout_s: float | None = None) -> Frame:
+    def request(self, header: int, data: bytes = b"", **options: object) -> Frame:
         self.sent.append((header, bytes(data)))
         return Frame(HOST, 0, bytes([self.fault]) if header == 232 else b"", 2)
+
+    def dump(self, reason: str) -> None:
+        self.sent.append((-1, reason.encode()))
 
 
 def unit(fault: int = 0) -> tuple[CcTalkCoinAcceptor, FakeTransport, list[Any]]:
@@ -312,8 +315,10 @@ def test_new_events_from_the_counter(cur: int, last: int, credits: list[int]) ->
     acceptor._last_counter = last
     acceptor._read_events(bytes([cur]) + BUFFER)
     assert [e.value_cents for e in emitted if isinstance(e, CoinAccepted)] == credits
-    notices = [(e.code, e.detail) for e in emitted if isinstance(e, DeviceNotice)]
-    assert notices == ([("lost_events", "1 event(s) lost (counter 48 -> 54)")] if cur == 54 else [])
+    faults = [(e.code, e.active) for e in emitted if isinstance(e, DeviceFault)]
+    assert faults == ([("lost_events", True), ("lost_events", False)] if cur == 54 else [])
+    if cur == 54:
+        assert "1 event(s) lost (counter 48 -> 54)" in emitted[0].detail
     assert acceptor._last_counter == cur
 
 
