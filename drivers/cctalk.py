@@ -61,14 +61,26 @@ class CcTalkSettings:
     lost_after: int = field(default=5, metadata={"min": 2, "max": 50})
 
 
-def coin_value_cents(coin_id: str) -> int | None:
-    """Cents from a coin id `CCVVVI` (EU001A = 1 c, EU.05A = 5 c); None if unprogrammed or of
-    no stated value (a taught coin, TK000A: the ledger refuses a 0 c coin)."""
-    match = re.fullmatch(r"[A-Z]{2}(\d{3}|\.\d\d)[A-Z]", coin_id)
+def coin_value_cents(coin_id: str, *, whole_units: bool = False) -> int | None:
+    """Cents from a coin id `CCVVVI`; None if unprogrammed or of no stated value (a taught coin,
+    TK000A: the ledger refuses a 0 c coin). The value field counts in the currency's base unit:
+    the cent for most euro tables (EU001A = 1 c), the euro for tables that write fractions
+    (EU.05A = 5 c, EU10mA = 1 c, and then EU001A = 1 EUR = 100 c): `whole_units`."""
+    match = re.fullmatch(r"[A-Z]{2}(\d{3}|\.\d\d|\d\dm)[A-Z]", coin_id)
     if match is None:
         return None
     code = match.group(1)
-    return (int(code[1:]) if code.startswith(".") else int(code)) or None
+    if code.startswith("."):
+        cents = int(code[1:])
+    elif code.endswith("m"):  # thousandths of the unit: only whole cents make a coin here
+        cents = int(code[:2]) // 10 if code[1] == "0" else 0
+    else:
+        cents = int(code) * (100 if whole_units else 1)
+    return cents or None
+
+
+def writes_fractions(coin_id: str) -> bool:
+    return bool(re.fullmatch(r"[A-Z]{2}(\.\d\d|\d\dm|\dm\d|\d\.\d)[A-Z]", coin_id))
 
 
 def cvf_cents(code: int) -> int | None:
@@ -189,7 +201,12 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         self._next_poll = self._clock.monotonic()
 
     def _positions(self, coin_ids: dict[int, str]) -> dict[int, int]:
-        values = {p: v for p, cid in coin_ids.items() if (v := coin_value_cents(cid)) is not None}
+        whole = any(writes_fractions(cid) for cid in coin_ids.values())
+        values = {
+            p: v
+            for p, cid in coin_ids.items()
+            if (v := coin_value_cents(cid, whole_units=whole)) is not None
+        }
         missing = sorted(set(self._coins) - set(values.values()))
         if missing:
             listed = ", ".join(f"{p}={cid}" for p, cid in coin_ids.items() if cid.strip("."))

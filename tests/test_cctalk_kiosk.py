@@ -338,3 +338,15 @@ def test_a_new_device_after_a_restart_starts_afresh(
         assert again.controller.credit_cents == 5
     finally:
         again.close()
+
+
+def test_a_reset_before_any_event_is_caught_by_the_first_refused_coin(kiosk: SimKiosk) -> None:
+    device(kiosk).power_cycle()  # its counter was 0 and stays 0: the host cannot see it
+    kiosk.run_for(0.5)
+    assert not kiosk.world.insert_coin(5)  # the device forgot its masks: "inhibited coin"
+    kiosk.run_for(0.5)
+    assert device(kiosk).master_enabled and device(kiosk).masks == 0b111
+    assert kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 5
+    assert_books_match_the_device(kiosk)

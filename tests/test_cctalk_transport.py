@@ -232,7 +232,7 @@ def test_a_missing_port_is_named() -> None:
 
 
 def test_start_up_reads_identity_and_the_position_table(bench: Bench) -> None:
-    ids = {1: "EU.05A", 2: "EU001A", 3: "EU002A", 4: "TK000A", 9: "EU200A"}
+    ids = {1: "EU005A", 2: "EU001A", 3: "EU002A", 4: "TK000A", 9: "EU200A"}
     device, emitted = bench.sim(coin_ids=ids), []
     acceptor = bench.acceptor(device.path, emitted)
     acceptor.start()
@@ -264,11 +264,21 @@ def test_another_equipment_category_is_refused(bench: Bench) -> None:
 @pytest.mark.parametrize(
     ("coin_id", "cents"),
     [("EU001A", 1), ("EU.05A", 5), ("EU.50A", 50), ("EU200A", 200), ("GB010B", 10)]
+    + [("EU10mA", 1), ("EU50mA", 5), ("EU25mA", None)]
     + [(bad, None) for bad in ("......", "TK000A", "EU.00A", "", "eu001a", "EU01A", "EU2.5A")]
     + [(bad, None) for bad in ("EU5m0A", "EU001AB", "\xff" * 6)],
 )
 def test_coin_values_from_coin_ids(coin_id: str, cents: int | None) -> None:
     assert coin_value_cents(coin_id) == cents
+
+
+def test_a_table_that_writes_fractions_counts_in_euros(bench: Bench) -> None:
+    ids = {1: "EU.01A", 2: "EU.02A", 3: "EU.05A", 4: "EU.10A", 7: "EU001A", 8: "EU002A"}
+    device, emitted = bench.sim(coin_ids=ids), []
+    acceptor = bench.acceptor(device.path, emitted)
+    acceptor.start()
+    assert acceptor.values == {1: 1, 2: 2, 3: 5, 4: 10, 7: 100, 8: 200}
+    assert device.masks == 0b111  # never the 1 and 2 euro coins
 
 
 class FakeTransport:
@@ -278,10 +288,13 @@ class FakeTransport:
 
     def __init__(self, fault: int = 0) -> None:
         self.fault = fault
+        self.silent: set[int] = set()
         self.sent: list[tuple[int, bytes]] = []
 
     def request(self, header: int, data: bytes = b"", **options: object) -> Frame:
         self.sent.append((header, bytes(data)))
+        if header in self.silent:
+            raise NoReply(f"fake: header {header}: no reply")
         return Frame(HOST, 0, bytes([self.fault]) if header == 232 else b"", 2)
 
     def dump(self, reason: str) -> None:
@@ -442,3 +455,37 @@ def test_random_replies_never_credit(raw: bytes) -> None:
 )
 def test_coin_value_format_codes(code: int, cents: int | None) -> None:
     assert cvf_cents(code) == cents
+
+
+class SlowFirstReply(SimCcTalkAcceptor):
+    """Answers its first request after the host has given up on it, the rest at once."""
+
+    late = True
+
+    def _answer(self, request: Frame) -> None:
+        self.reply_delay_s, self.late = (0.04 if self.late else 0.0), False
+        super()._answer(request)
+
+
+def test_a_late_reply_is_never_taken_for_the_next_one(bench: Bench) -> None:
+    device = bench.sim(SlowFirstReply, echo=False)
+    t = bench.transport(device.path, reply_timeout_s=0.02, retries=1)
+    assert t.request(184, b"\x01", length=(6,)).data == b"EU001A"
+    assert t.request(184, b"\x02", length=(6,)).data == b"EU002A"
+    assert t.request(184, b"\x03", length=(6,)).data == b"EU005A"
+
+
+def test_a_reply_of_the_wrong_length_is_refused(bench: Bench) -> None:
+    t = bench.transport(bench.sim(echo=False).path, retries=1)
+    with pytest.raises(NoReply, match="reply of 6 bytes"):
+        t.request(184, b"\x01", length=(11,))
+
+
+def test_a_failing_self_check_after_an_event_never_credits_twice() -> None:
+    acceptor, fake, emitted = unit()
+    fake.silent = {232}
+    data = bytes([2, 0, 6, 1, 0]) + bytes(6)  # oldest: a 1 c credit; newest: event 6 (possible)
+    acceptor._read_events(data)  # the self-check it calls for gets no answer
+    acceptor._read_events(data)  # the same reply again: nothing new
+    assert [e.value_cents for e in emitted if isinstance(e, CoinAccepted)] == [1]
+    assert acceptor._last_counter == 2
