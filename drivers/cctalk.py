@@ -59,6 +59,7 @@ class CcTalkSettings:
     retries: int = field(default=3, metadata={"min": 0, "max": 5})
     baud: int = field(default=9600, metadata={"choices": (4800, 9600, 19200, 38400, 115200)})
     lost_after: int = field(default=5, metadata={"min": 2, "max": 50})
+    command_gap_ms: float = field(default=0.0, metadata={"min": 0.0, "max": 100.0})
 
 
 def coin_value_cents(coin_id: str, *, whole_units: bool = False) -> int | None:
@@ -130,6 +131,7 @@ class CcTalkCoinAcceptor(CoinAcceptor):
             reply_timeout_s=settings.reply_timeout_ms / 1000,
             retries=settings.retries,
             baud=settings.baud,
+            command_gap_s=settings.command_gap_ms / 1000,
         )
         self.identity = Identity()
         self.values: dict[int, int] = {}  # coin position -> cents
@@ -178,6 +180,11 @@ class CcTalkCoinAcceptor(CoinAcceptor):
                 ident.coin_ids[position] = _text(reply.data)
             except (NoReply, Refused):
                 ident.coin_ids[position] = "......"  # some devices stay silent for unfitted ones
+        if all(cid == "......" for cid in ident.coin_ids.values()):
+            raise NoReply(
+                f"ccTalk {t.port_name}: no coin id (header 184) came back in time: a device "
+                "with no coin programmed, or slower than coin_acceptor.reply_timeout_ms"
+            )
         self._mask_bytes = self._inhibit_width()
         self.values = self._positions(ident.coin_ids)
         self.cvf = self._credit_codes_are_values()

@@ -112,6 +112,13 @@ class FrameParser:
         self.discarded += count
 
     @property
+    def missing(self) -> int:
+        """Bytes still to come for the frame begun in the buffer (0 if none is begun)."""
+        if len(self._buffer) < 2:
+            return 0
+        return max(0, self._buffer[1] + 5 - len(self._buffer))
+
+    @property
     def pending(self) -> int:
         """Bytes held while waiting for the rest of a frame."""
         return len(self._buffer)

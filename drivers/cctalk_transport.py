@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 
 BAUD = 9600
 POLL_SLICE_S = 0.25  # longest single wait, so a closed port is noticed
-SETTLE_QUIET_S = 0.02  # quiet on the line that ends a failed exchange
-SETTLE_MAX_S = 0.5
+SETTLE_MAX_S = 2.0
 
 
 class NoReply(DeviceError, TimeoutError):
@@ -69,6 +68,7 @@ class Transport:
         retries: int = 3,
         baud: int = BAUD,
         history: int = 32,
+        command_gap_s: float = 0.0,
     ) -> None:
         if echo not in ("auto", "on", "off"):
             raise ValueError(f"echo must be auto, on or off (got {echo!r})")
@@ -80,6 +80,8 @@ class Transport:
         self.retries = retries
         self.baud = baud
         self.recent: collections.deque[Traffic] = collections.deque(maxlen=history)
+        self.command_gap_s = command_gap_s  # some devices need a pause before the next command
+        self._last_reply_at = 0.0
         self._serial: Any = None
 
     def open(self) -> None:
@@ -111,34 +113,39 @@ class Transport:
         of data if given) or raise after retries."""
         problem: DeviceError = NoReply(f"ccTalk {self.port_name}: header {header}: no reply")
         for attempt in range(1 + (self.retries if retries is None else retries)):
+            timeout = timeout_s or self.reply_timeout_s
             try:
-                reply = self._exchange(header, data, timeout_s or self.reply_timeout_s)
+                reply = self._exchange(header, data, timeout)
             except (NoReply, Refused) as err:
                 problem = err
                 log.debug("ccTalk header %d, try %d: %s", header, attempt + 1, err)
-                self._settle()
+                self._settle(timeout)
                 continue
             if length is None or len(reply.data) in length:
                 return reply
             problem = NoReply(
                 f"ccTalk {self.port_name}: header {header}: reply of {len(reply.data)} bytes"
             )
-            self._settle()
+            self._settle(timeout)
         raise problem
 
-    def _settle(self) -> None:
-        """After a failed exchange, wait for the line to fall quiet: a late reply must not be
-        taken for the answer to the retry. This is also the back-off between tries."""
+    def _settle(self, quiet_s: float) -> None:
+        """After a failed exchange, wait until the line has been quiet for a reply timeout: a
+        late reply must not be taken for the answer to the retry, or to the next command (a
+        device slower than the timeout then fails plainly). It is also the back-off."""
         if self._serial is None:
             return
         limit = time.monotonic() + SETTLE_MAX_S
-        while time.monotonic() < limit and self._read_until(time.monotonic() + SETTLE_QUIET_S):
+        while time.monotonic() < limit and self._read_until(time.monotonic() + quiet_s):
             pass
 
     def _exchange(self, header: int, data: bytes, timeout_s: float) -> Frame:
         if self._serial is None:
             raise DeviceError(f"ccTalk port {self.port_name} is not open")
         tx = encode(Frame(self.address, header, data, HOST), self.checksum)
+        pause = self._last_reply_at + self.command_gap_s - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
         try:
             self._serial.reset_input_buffer()
             self._serial.write(tx)
@@ -196,7 +203,10 @@ class Transport:
                 raw = encode(frame, self.checksum)
                 self._note("rx", raw)
                 if frame.source == self.address:
+                    self._last_reply_at = time.monotonic()
                     return frame
+            # The rest of the frame needs this long on the wire: no use waking up for each byte.
+            time.sleep(min(parser.missing * 10 / self.baud, INTER_BYTE_S / 2))
 
     def _read_until(self, limit: float) -> bytes:
         """Whatever arrives before `limit` (monotonic), returned as soon as anything arrives."""
