@@ -5,7 +5,7 @@ the ledger's coins equal to what the device credited (less what it reports as lo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,19 +33,37 @@ def cctalk_config() -> Config:
     )
 
 
-@pytest.fixture
-def world(cctalk_config: Config) -> Iterator[World]:
-    made = World(cctalk_config, SimClock())
-    yield made
-    made.close()
-    made.factory.reset()
+Prepare = Callable[[SimCcTalkAcceptor], None]
 
 
 @pytest.fixture
-def kiosk(cctalk_config: Config, world: World, db_path: Path) -> Iterator[SimKiosk]:
-    rig = SimKiosk(cctalk_config, db_path, world=world, clock=world.clock)
-    yield rig
-    rig.close()
+def start(cctalk_config: Config, db_path: Path) -> Iterator[Callable[..., SimKiosk]]:
+    """Starts a kiosk (on a new world unless given one), after `prepare` set up its device."""
+    started: list[SimKiosk] = []
+
+    def start_kiosk(
+        config: Config | None = None, prepare: Prepare | None = None, world: World | None = None
+    ) -> SimKiosk:
+        config = config or cctalk_config
+        world = world or World(config, SimClock())
+        if prepare is not None:
+            assert isinstance(world.coins, CcTalkCoinMech)
+            prepare(world.coins.device)
+        rig = SimKiosk(config, db_path, world=world, clock=world.clock)
+        started.append(rig)
+        return rig
+
+    yield start_kiosk
+    for rig in started:
+        rig.close()
+    for world in {id(rig.world): rig.world for rig in started}.values():
+        world.close()
+        world.factory.reset()
+
+
+@pytest.fixture
+def kiosk(start: Callable[..., SimKiosk]) -> SimKiosk:
+    return start()
 
 
 def device(kiosk: SimKiosk) -> SimCcTalkAcceptor:
@@ -104,22 +122,18 @@ def test_coins_are_inhibited_while_vending(kiosk: SimKiosk) -> None:
 
 
 def test_what_was_buffered_before_the_start_is_never_credited(
-    cctalk_config: Config, db_path: Path
+    start: Callable[..., SimKiosk],
 ) -> None:
-    world = World(cctalk_config, SimClock())
-    try:
-        dev = world.coins.device  # type: ignore[union-attr]
+    def earlier_coin(dev: SimCcTalkAcceptor) -> None:
         dev.masks, dev.master_enabled = 0xFF, True
         dev.insert(5)  # a coin from before this start
-        kiosk = SimKiosk(cctalk_config, db_path, world=world, clock=world.clock)
-        kiosk.run_for(1)
-        assert kiosk.controller.credit_cents == 0
-        kiosk.world.insert_coin(2)
-        kiosk.run_for(0.5)
-        assert kiosk.controller.credit_cents == 2
-        kiosk.close()
-    finally:
-        world.close()
+
+    kiosk = start(prepare=earlier_coin)
+    kiosk.run_for(1)
+    assert kiosk.controller.credit_cents == 0
+    kiosk.world.insert_coin(2)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 2
 
 
 def test_the_counter_wraps_from_255_to_1(kiosk: SimKiosk) -> None:
@@ -223,26 +237,20 @@ def test_alarm_events_are_recorded_and_never_credit(kiosk: SimKiosk, code: int, 
 
 
 def test_a_coin_table_without_an_accepted_coin_is_a_clear_error(
-    cctalk_config: Config, db_path: Path
+    start: Callable[..., SimKiosk],
 ) -> None:
-    world = World(cctalk_config, SimClock())
-    try:
-        world.coins.device.coin_ids = {1: "EU001A", 2: "EU002A"}  # type: ignore[union-attr]
-        kiosk = SimKiosk(cctalk_config, db_path, world=world, clock=world.clock)
-        assert kiosk.controller.state is State.OUT_OF_SERVICE
-        detail = kiosk.ledger.db.execute("SELECT detail FROM events WHERE kind = 'fault'")
-        text = detail.fetchone()[0]
-        assert "accepted coins [5] c" in text and "1=EU001A, 2=EU002A" in text
-        kiosk.close()
-    finally:
-        world.close()
+    kiosk = start(prepare=lambda dev: setattr(dev, "coin_ids", {1: "EU001A", 2: "EU002A"}))
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    detail = kiosk.ledger.db.execute("SELECT detail FROM events WHERE kind = 'fault'")
+    text = detail.fetchone()[0]
+    assert "accepted coins [5] c" in text and "1=EU001A, 2=EU002A" in text
 
 
 @pytest.mark.parametrize(
     ("checksum", "echo"), [("crc16", "auto"), ("8bit", "off"), ("8bit", "on"), ("crc16", "on")]
 )
 def test_checksum_and_echo_modes(
-    cctalk_config: Config, db_path: Path, checksum: str, echo: str
+    start: Callable[..., SimKiosk], cctalk_config: Config, checksum: str, echo: str
 ) -> None:
     settings = dataclasses.replace(
         cctalk_config.coin_acceptor.settings, checksum=checksum, echo=echo
@@ -251,31 +259,22 @@ def test_checksum_and_echo_modes(
         cctalk_config,
         coin_acceptor=dataclasses.replace(cctalk_config.coin_acceptor, settings=settings),
     )
-    world = World(config, SimClock())
-    try:
-        kiosk = SimKiosk(config, db_path, world=world, clock=world.clock)
-        kiosk.world.insert_coin(5)
-        kiosk.run_for(0.5)
-        assert kiosk.controller.credit_cents == 5
-        assert kiosk.hardware.acceptor.transport.echo is (echo != "off")  # type: ignore[attr-defined]
-        kiosk.close()
-    finally:
-        world.close()
+    kiosk = start(config)
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 5
+    assert kiosk.hardware.acceptor.transport.echo is (echo != "off")  # type: ignore[attr-defined]
 
 
-def test_a_donation_policy_works_the_same_on_cctalk(cctalk_config: Config, db_path: Path) -> None:
-    config = with_changes(cctalk_config, credit={"leftover": "donate"})
-    world = World(config, SimClock())
-    try:
-        kiosk = SimKiosk(config, db_path, world=world, clock=world.clock)
-        kiosk.world.insert_coin(2)
-        kiosk.run_for(0.5)
-        kiosk.world.cancel()
-        kiosk.run_for(6)
-        assert kiosk.ledger.db.execute("SELECT sum(amount_cents) FROM donations").fetchone()[0] == 2
-        kiosk.close()
-    finally:
-        world.close()
+def test_a_donation_policy_works_the_same_on_cctalk(
+    start: Callable[..., SimKiosk], cctalk_config: Config
+) -> None:
+    kiosk = start(with_changes(cctalk_config, credit={"leftover": "donate"}))
+    kiosk.world.insert_coin(2)
+    kiosk.run_for(0.5)
+    kiosk.world.cancel()
+    kiosk.run_for(6)
+    assert kiosk.ledger.db.execute("SELECT sum(amount_cents) FROM donations").fetchone()[0] == 2
 
 
 def test_random_shoppers_on_cctalk_keep_every_invariant(kiosk: SimKiosk) -> None:
@@ -286,25 +285,19 @@ def test_random_shoppers_on_cctalk_keep_every_invariant(kiosk: SimKiosk) -> None
 
 
 def test_a_device_reporting_coin_values_is_read_by_value(
-    cctalk_config: Config, db_path: Path
+    start: Callable[..., SimKiosk],
 ) -> None:
-    world = World(cctalk_config, SimClock())
-    try:
-        world.coins.device.cvf = True  # type: ignore[union-attr]
-        kiosk = SimKiosk(cctalk_config, db_path, world=world, clock=world.clock)
-        assert kiosk.hardware.acceptor.cvf  # type: ignore[attr-defined]
-        for value in (5, 2, 1):
-            kiosk.world.insert_coin(value)
-            kiosk.run_for(0.5)
-        assert kiosk.controller.credit_cents == 8
-        assert_books_match_the_device(kiosk)
-        kiosk.close()
-    finally:
-        world.close()
+    kiosk = start(prepare=lambda dev: setattr(dev, "cvf", True))
+    assert kiosk.hardware.acceptor.cvf  # type: ignore[attr-defined]
+    for value in (5, 2, 1):
+        kiosk.world.insert_coin(value)
+        kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 8
+    assert_books_match_the_device(kiosk)
 
 
 def test_coins_read_but_not_recorded_before_a_crash_are_counted_after_it(
-    kiosk: SimKiosk, cctalk_config: Config, db_path: Path
+    kiosk: SimKiosk, start: Callable[..., SimKiosk]
 ) -> None:
     kiosk.world.insert_coin(5)
     kiosk.run_for(0.5)
@@ -314,17 +307,14 @@ def test_coins_read_but_not_recorded_before_a_crash_are_counted_after_it(
     kiosk.hardware.acceptor.service(kiosk.clock.now + 1)
     assert kiosk.events.qsize() == 2
     kiosk.close()
-    again = SimKiosk(cctalk_config, db_path, world=kiosk.world, clock=kiosk.clock)
-    try:
-        again.run_for(0.5)
-        assert again.controller.credit_cents == 8
-        assert_books_match_the_device(again)
-    finally:
-        again.close()
+    again = start(world=kiosk.world)
+    again.run_for(0.5)
+    assert again.controller.credit_cents == 8
+    assert_books_match_the_device(again)
 
 
 def test_a_new_device_after_a_restart_starts_afresh(
-    kiosk: SimKiosk, cctalk_config: Config, db_path: Path
+    kiosk: SimKiosk, start: Callable[..., SimKiosk]
 ) -> None:
     kiosk.world.insert_coin(5)
     kiosk.run_for(0.5)
@@ -332,12 +322,9 @@ def test_a_new_device_after_a_restart_starts_afresh(
     dev = device(kiosk)
     dev.serial_number = 999  # the acceptor was swapped while the kiosk was off
     dev.push_event(1, 0)  # whatever it buffered belongs to its former life
-    again = SimKiosk(cctalk_config, db_path, world=kiosk.world, clock=kiosk.clock)
-    try:
-        again.run_for(0.5)
-        assert again.controller.credit_cents == 5
-    finally:
-        again.close()
+    again = start(world=kiosk.world)
+    again.run_for(0.5)
+    assert again.controller.credit_cents == 5
 
 
 def test_a_reset_before_any_event_is_caught_by_the_first_refused_coin(kiosk: SimKiosk) -> None:
