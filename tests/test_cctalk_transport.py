@@ -463,13 +463,14 @@ class SlowFirstReply(SimCcTalkAcceptor):
     late = True
 
     def _answer(self, request: Frame) -> None:
-        self.reply_delay_s, self.late = (0.04 if self.late else 0.0), False
+        self.reply_delay_s, self.late = (0.065 if self.late else 0.0), False
         super()._answer(request)
 
 
 def test_a_late_reply_is_never_taken_for_the_next_one(bench: Bench) -> None:
     device = bench.sim(SlowFirstReply, echo=False)
-    t = bench.transport(device.path, reply_timeout_s=0.02, retries=1)
+    # Late by 15 ms; the line must then stay quiet for a reply timeout (50 ms) before the retry.
+    t = bench.transport(device.path, reply_timeout_s=0.05, retries=1)
     assert t.request(184, b"\x01", length=(6,)).data == b"EU001A"
     assert t.request(184, b"\x02", length=(6,)).data == b"EU002A"
     assert t.request(184, b"\x03", length=(6,)).data == b"EU005A"
