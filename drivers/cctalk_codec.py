@@ -117,12 +117,3 @@ class FrameParser:
         if len(self._buffer) < 2:
             return 0
         return max(0, self._buffer[1] + 5 - len(self._buffer))
-
-    @property
-    def pending(self) -> int:
-        """Bytes held while waiting for the rest of a frame."""
-        return len(self._buffer)
-
-    def reset(self) -> None:
-        self._drop(len(self._buffer))
-        self._last_at = None

@@ -67,7 +67,6 @@ class SimCcTalkAcceptor:
         self.reply_delay_s = 0.0
         self.self_check_fault = 0
         self.cvf = False  # option flag bit 0: credit codes are values, not positions
-        self.polls = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._power_up()
@@ -168,7 +167,6 @@ class SimCcTalkAcceptor:
     def _answer(self, request: Frame) -> None:
         wire_in = (len(request.data) + 5) * self.byte_s
         with self._lock:
-            self.polls += request.header == 229
             data = self._handle(request.header, request.data)
             if data is None or self.silent:
                 return

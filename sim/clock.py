@@ -82,10 +82,6 @@ class SimClock:
     def call_later(self, delay_s: float, action: Callable[[], object]) -> Timer:
         return self.call_at(self.now + delay_s, action)
 
-    @property
-    def pending(self) -> int:
-        return sum(not e.cancelled for e in self._heap)
-
     def next_at(self) -> float:
         """When the next world action is due (inf if none)."""
         while self._heap and self._heap[0].cancelled:
