@@ -107,6 +107,12 @@ class Config:
     def slot(self, slot_id: int) -> SlotConfig:
         return next(s for s in self.slots if s.id == slot_id)
 
+    def with_acceptor(self, **keys: Any) -> Config:
+        """A copy with some coin acceptor settings changed (e.g. the port of a simulated one)."""
+        settings = dataclasses.replace(self.coin_acceptor.settings, **keys)
+        acceptor = dataclasses.replace(self.coin_acceptor, settings=settings)
+        return dataclasses.replace(self, coin_acceptor=acceptor)
+
 
 SECTIONS: dict[str, type] = {
     "kiosk": KioskSection,

@@ -15,7 +15,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpiozero.pins.mock import MockFactory, MockPin
@@ -285,8 +285,7 @@ class World:
         else:
             self.coins = CcTalkCoinMech(settings, self.truth)
             # The kiosk opens the simulated acceptor's pseudo-terminal like any serial port.
-            port = replace(settings, port=self.coins.path)
-            config = replace(config, coin_acceptor=replace(config.coin_acceptor, settings=port))
+            config = config.with_acceptor(port=self.coins.path)
         self.config = config
         self.spirals: dict[int, Spiral] = {}
         for slot in config.slots:

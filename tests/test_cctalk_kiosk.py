@@ -4,7 +4,6 @@ the ledger's coins equal to what the device credited (less what it reports as lo
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,10 +26,7 @@ from sim.world import CcTalkCoinMech, World
 def cctalk_config() -> Config:
     config = config_mod.load(config_mod.DEFAULT_PROFILE, env={})
     # Short real-time timeouts: a silent device costs 2 x 20 ms per poll, not 4 x 100 ms.
-    settings = dataclasses.replace(config.coin_acceptor.settings, reply_timeout_ms=20, retries=1)
-    return dataclasses.replace(
-        config, coin_acceptor=dataclasses.replace(config.coin_acceptor, settings=settings)
-    )
+    return config.with_acceptor(reply_timeout_ms=20, retries=1)
 
 
 Prepare = Callable[[SimCcTalkAcceptor], None]
@@ -252,14 +248,7 @@ def test_a_coin_table_without_an_accepted_coin_is_a_clear_error(
 def test_checksum_and_echo_modes(
     start: Callable[..., SimKiosk], cctalk_config: Config, checksum: str, echo: str
 ) -> None:
-    settings = dataclasses.replace(
-        cctalk_config.coin_acceptor.settings, checksum=checksum, echo=echo
-    )
-    config = dataclasses.replace(
-        cctalk_config,
-        coin_acceptor=dataclasses.replace(cctalk_config.coin_acceptor, settings=settings),
-    )
-    kiosk = start(config)
+    kiosk = start(cctalk_config.with_acceptor(checksum=checksum, echo=echo))
     kiosk.world.insert_coin(5)
     kiosk.run_for(0.5)
     assert kiosk.controller.credit_cents == 5
