@@ -1,25 +1,37 @@
 """The seam between the kiosk and its hardware.
 
-Owns the events that devices put on the core's queue, the clock every device and the core share,
-the device error type, and the interfaces a coin acceptor and a dispenser implement. Devices never
-call the kiosk: they emit events, and the core thread services their deadlines.
+Owns the events that devices put on the core's queue, the device error type, and the interfaces
+the devices implement, with their back-ends chosen by name. Devices never call the kiosk: they
+emit events, and run their own deadlines on workers of the injected clock (drivers.clock).
 """
 
 from __future__ import annotations
 
 import enum
 import importlib
-import queue
-import time
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.clock import Clock, Emit
+
+log = logging.getLogger(__name__)
 
 
 class DeviceError(OSError):
     """A device could not be opened or driven; the message names the device and its pin or port."""
+
+
+def best_effort(what: str, action: Callable[[], object]) -> bool:
+    """One step of a safe-state or close path: a failure is logged and never skips the next."""
+    try:
+        action()
+    except Exception:  # whatever a failing device raises, the other safe actions still run
+        log.exception("%s failed", what)
+        return False
+    return True
 
 
 # --- events -------------------------------------------------------------------------------------
@@ -45,6 +57,7 @@ class CoinRejected:
     reason: str
     detail: str
     at: float
+    cursor: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,12 +111,25 @@ class DeviceNotice:
     code: str
     detail: str
     at: float
+    cursor: str = ""
 
 
 @dataclass(frozen=True)
-class Wake:
-    """A device changed its deadlines from another thread: the core recomputes its wait."""
+class DeviceReady:
+    """A device is identified and set up; `faults` are the codes of its faults active now, so
+    that faults restored from the ledger but gone meanwhile are cleared."""
 
+    device: str
+    detail: str
+    at: float
+    faults: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class CursorAdvanced:
+    """The acceptor handled events that call for no record (null events): where it stands."""
+
+    cursor: str
     at: float
 
 
@@ -116,58 +142,17 @@ Event = (
     | VendFinished
     | DeviceFault
     | DeviceNotice
-    | Wake
+    | DeviceReady
+    | CursorAdvanced
 )
-Emit = Callable[[Any], None]
-
-
-# --- clock --------------------------------------------------------------------------------------
-
-
-class Clock(Protocol):
-    """Time for control logic (monotonic seconds), for records (UTC), and the core's wait."""
-
-    def monotonic(self) -> float: ...
-
-    def wall(self) -> datetime: ...
-
-    def wait(self, events: queue.Queue[Any], deadline: float | None) -> Any | None:
-        """Return the next event, or None once `deadline` (monotonic) has passed."""
-        ...
-
-
-class SystemClock:
-    """The machine's own clocks."""
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> datetime:
-        return datetime.now(UTC)
-
-    def wait(self, events: queue.Queue[Any], deadline: float | None) -> Any | None:
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            return events.get(timeout=timeout)
-        except queue.Empty:
-            return None
 
 
 # --- device interfaces --------------------------------------------------------------------------
 
 
-class Timed:
-    """A device with deadlines that the core thread services (no timer threads)."""
-
-    def next_deadline(self) -> float | None:
-        return None
-
-    def service(self, now: float) -> None:
-        """Act on every deadline at or before `now`; called from the core thread."""
-
-
-class CoinAcceptor(Timed, ABC):
-    """A coin acceptor: emits CoinAccepted, CoinRejected and DeviceFault events.
+class CoinAcceptor(ABC):
+    """A coin acceptor: emits DeviceReady once set up, then CoinAccepted, CoinRejected,
+    DeviceNotice and DeviceFault events. Its deadlines run on a worker of the clock.
 
     A back-end (pulse, ccTalk) is chosen by name from ACCEPTOR_DRIVERS. Its constructor takes
     (settings, coins_cents, clock, emit, pin_factory); its settings class is a frozen dataclass the
@@ -176,17 +161,20 @@ class CoinAcceptor(Timed, ABC):
 
     name: str
 
+    @abstractmethod
     def resume_from(self, cursor: str | None) -> None:
-        """Before start(): the cursor of the last coin the ledger holds, so that coins the device
-        reported but the kiosk never recorded (a crash in between) are counted after all."""
+        """Before start(): the cursor of the last event the ledger holds, so that events the
+        device reported but the kiosk never recorded (a crash in between) are counted after all."""
 
     @abstractmethod
     def start(self) -> None:
-        """Open the device and identify it; raises DeviceError. Coins stay inhibited."""
+        """Begin: the device is set up apart from the caller, which never waits on it; the
+        outcome is a DeviceReady or a DeviceFault. Raises DeviceError only for what no retry can
+        mend (a port held by another process). Coins stay inhibited."""
 
     @abstractmethod
     def set_accepting(self, accepting: bool) -> None:
-        """Enable or inhibit coin acceptance."""
+        """Enable or inhibit coin acceptance; never waits on the device."""
 
     @property
     @abstractmethod
@@ -208,11 +196,71 @@ class CoinAcceptor(Timed, ABC):
         self.close()
 
 
+class Dispenser(ABC):
+    """Dispenses one product at a time and reports a VendFinished; keeps every motor's maximum
+    on-time itself, whatever its caller does. Emits DeviceReady for itself and its drop sensor
+    at start()."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def vend(self, slot: int) -> None:
+        """Start dispensing from `slot`; raises DeviceError if it cannot start."""
+
+    @property
+    @abstractmethod
+    def busy(self) -> bool: ...
+
+    @abstractmethod
+    def motor_is_on(self, slot: int) -> bool: ...
+
+    @abstractmethod
+    def stop_all(self) -> None:
+        """Every motor off, any vend abandoned: the safe state."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Panel(ABC):
+    """The shopper's buttons, the door switch and the slot LEDs: emits SelectPressed,
+    CancelPressed and DoorChanged."""
+
+    @property
+    @abstractmethod
+    def door_is_open(self) -> bool: ...
+
+    @abstractmethod
+    def set_led(self, slot: int, lit: bool) -> None: ...
+
+    @abstractmethod
+    def led_is_lit(self, slot: int) -> bool: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Display(ABC):
+    """A two-line text display; `lines` is what it shows now (what a shopper reads)."""
+
+    lines: tuple[str, str]
+
+    @abstractmethod
+    def show(self, line1: str, line2: str = "") -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
 # Back-ends by name, imported lazily: "module:Class" and its settings class.
 ACCEPTOR_DRIVERS: dict[str, tuple[str, str]] = {
     "pulse": ("drivers.pulse:PulseCoinAcceptor", "drivers.pulse:PulseSettings"),
     "cctalk": ("drivers.cctalk:CcTalkCoinAcceptor", "drivers.cctalk:CcTalkSettings"),
 }
+DISPENSER_DRIVERS = {"spiral": "drivers.spiral:SpiralDispenser"}
+PANEL_DRIVERS = {"gpio": "drivers.panel:GpioPanel"}
+DISPLAY_DRIVERS = {"log": "drivers.panel:LogDisplay"}
 
 
 def _load(ref: str) -> Any:
@@ -232,3 +280,8 @@ def acceptor_class(driver: str) -> AcceptorFactory:
 def acceptor_settings_class(driver: str) -> type:
     settings: type = _load(ACCEPTOR_DRIVERS[driver][1])
     return settings
+
+
+def device_class(registry: dict[str, str], driver: str) -> Any:
+    """The back-end class named `driver` in a registry (DISPENSER_DRIVERS, ...)."""
+    return _load(registry[driver])

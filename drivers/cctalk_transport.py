@@ -6,13 +6,20 @@ back and compared with what was sent (echo "on"), not expected ("off"), or detec
 exchange ("auto"). A reply must start within the command's reply timeout and its bytes must follow
 each other within 50 ms. A failed exchange is tried again up to `retries` times. The last frames
 exchanged are kept in a ring buffer and written to the log when something goes wrong.
+
+The port is opened exclusively (a second kiosk on the same port is refused, naming the process
+that holds it). A port that fails under us (EIO from an unplugged USB interface, a tty that
+vanished) raises PortGone from any operation; the owner closes it and opens it again later.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import logging
+import os
 import select
+import termios
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +51,18 @@ class NoReply(DeviceError, TimeoutError):
 
 class Refused(DeviceError):
     """The device answered NAK or BUSY to every try."""
+
+
+class PortGone(DeviceError):
+    """The port itself failed or is absent (not the device's silence): close, reopen later."""
+
+
+class PortBusy(DeviceError):
+    """The port is held by another process: a second kiosk on the same acceptor."""
+
+
+# What a failing port raises underneath pyserial's own SerialException.
+PORT_ERRORS = (OSError, termios.error, serial.SerialException, select.error)
 
 
 @dataclass(frozen=True)
@@ -85,21 +104,36 @@ class Transport:
         self._serial: Any = None
 
     def open(self) -> None:
+        """Open the port for this process alone; PortBusy if another holds it, PortGone if it
+        cannot be opened (absent, not yet enumerated, no permission)."""
         try:
             self._serial = serial.serial_for_url(
-                self.port_name, baudrate=self.baud, timeout=0, write_timeout=1.0
+                self.port_name, baudrate=self.baud, timeout=0, write_timeout=1.0, exclusive=True
             )
-        except (serial.SerialException, OSError, ValueError) as err:
-            raise DeviceError(f"ccTalk port {self.port_name}: {err}") from err
+        except serial.SerialException as err:
+            if err.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                holder = lock_holder(self.port_name)
+                by = f"process {holder}" if holder else "another process"
+                raise PortBusy(
+                    f"ccTalk port {self.port_name} is in use by {by}: is another kiosk running "
+                    "on this acceptor?"
+                ) from err
+            raise PortGone(f"ccTalk port {self.port_name}: {err}") from err
+        except (OSError, ValueError) as err:
+            raise PortGone(f"ccTalk port {self.port_name}: {err}") from err
 
     @property
     def is_open(self) -> bool:
         return self._serial is not None
 
     def close(self) -> None:
-        if self._serial is not None:
-            self._serial.close()
-            self._serial = None
+        """Release the port; a port that already failed is let go all the same."""
+        port, self._serial = self._serial, None
+        if port is not None:
+            try:
+                port.close()
+            except PORT_ERRORS as err:
+                log.debug("ccTalk port %s: closing: %s", self.port_name, err)
 
     def request(
         self,
@@ -110,7 +144,23 @@ class Transport:
         length: tuple[int, ...] | None = None,
     ) -> Frame:
         """Send a command to the device; return its reply (header 0, with one of the `length`s
-        of data if given) or raise after retries."""
+        of data if given) or raise after retries: NoReply or Refused from the device, PortGone
+        from the port."""
+        try:
+            return self._request(header, data, timeout_s, retries, length)
+        except DeviceError:
+            raise
+        except PORT_ERRORS as err:
+            raise PortGone(f"ccTalk port {self.port_name}: {err}") from err
+
+    def _request(
+        self,
+        header: int,
+        data: bytes,
+        timeout_s: float | None,
+        retries: int | None,
+        length: tuple[int, ...] | None,
+    ) -> Frame:
         problem: DeviceError = NoReply(f"ccTalk {self.port_name}: header {header}: no reply")
         for attempt in range(1 + (self.retries if retries is None else retries)):
             timeout = timeout_s or self.reply_timeout_s
@@ -141,18 +191,15 @@ class Transport:
 
     def _exchange(self, header: int, data: bytes, timeout_s: float) -> Frame:
         if self._serial is None:
-            raise DeviceError(f"ccTalk port {self.port_name} is not open")
+            raise PortGone(f"ccTalk port {self.port_name} is not open")
         tx = encode(Frame(self.address, header, data, HOST), self.checksum)
         pause = self._last_reply_at + self.command_gap_s - time.monotonic()
         if pause > 0:
             time.sleep(pause)
-        try:
-            self._serial.reset_input_buffer()
-            self._serial.write(tx)
-            self._note("tx", tx)
-            raw = self._read_reply(tx, timeout_s)
-        except serial.SerialException as err:
-            raise DeviceError(f"ccTalk port {self.port_name}: {err}") from err
+        self._serial.reset_input_buffer()
+        self._serial.write(tx)
+        self._note("tx", tx)
+        raw = self._read_reply(tx, timeout_s)
         if raw.header in (NAK, BUSY):
             raise Refused(
                 f"ccTalk {self.port_name}: header {header}: "
@@ -239,3 +286,19 @@ class Transport:
             reason,
             "\n".join(str(t) for t in self.recent),
         )
+
+
+def lock_holder(path: str) -> int | None:
+    """The process holding a flock on the device node at `path`, from /proc/locks (Linux)."""
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5 0 EOF": pid, then major:minor:inode
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            return int(fields[4])
+    return None

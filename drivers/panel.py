@@ -3,7 +3,7 @@ the two-line text display.
 
 Buttons and the door only emit events; LEDs and the display are outputs the core sets. The display
 interface keeps its two lines so the demo screen and tests can read what a shopper would see; the
-default back-end writes each change to the log (a character LCD back-end implements `_write`).
+"log" back-end writes each change to the log (a character LCD back-end is another Display).
 """
 
 from __future__ import annotations
@@ -13,14 +13,23 @@ from typing import Any
 
 from gpiozero import LED, DigitalInputDevice
 
-from drivers.base import CancelPressed, Clock, DeviceError, DoorChanged, Emit, SelectPressed
+from drivers.base import (
+    CancelPressed,
+    DeviceError,
+    Display,
+    DoorChanged,
+    Panel,
+    SelectPressed,
+    best_effort,
+)
+from drivers.clock import Clock, Emit
 
 log = logging.getLogger(__name__)
 
 DEBOUNCE_S = 0.02  # switches bounce for a few ms; on lgpio this is the kernel's debounce
 
 
-class Panel:
+class GpioPanel(Panel):
     """Buttons (one per slot plus cancel), the door switch and one LED per slot."""
 
     def __init__(
@@ -91,14 +100,14 @@ class Panel:
     def close(self) -> None:
         for device in [*self._buttons.values(), *self._leds.values(), self._cancel, self._door]:
             if device is not None:
-                device.close()
+                best_effort(f"panel: closing {device!r}", device.close)
         self._buttons.clear()
         self._leds.clear()
         self._cancel = self._door = None
 
 
-class TextDisplay:
-    """A two-line character display; lines longer than `columns` are cut."""
+class LogDisplay(Display):
+    """A two-line display written to the log; lines longer than `columns` are cut."""
 
     def __init__(self, columns: int = 20) -> None:
         self.columns = columns

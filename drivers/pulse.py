@@ -9,6 +9,7 @@ read as a separate one-pulse train and refused as noise. A train is closed after
 quiet. Trains of coins validated together run into each other; with pulse counts proportional to
 value (e.g. 2/4/10 for 1/2/5 c) such a train is split into coins that add up to the right amount.
 The driver inhibits the acceptor from the first pulse of a train until the train is decoded.
+Edges arrive on gpiozero's threads; the end gaps are met by a worker of the clock.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from typing import Any
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
 from drivers.base import (
-    Clock,
     CoinAccepted,
     CoinAcceptor,
     CoinRejected,
     DeviceError,
     DeviceFault,
-    Emit,
-    Wake,
+    DeviceReady,
 )
+from drivers.clock import Clock, Emit, Worker
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,10 @@ class PulseCoinAcceptor(CoinAcceptor):
         self._stuck = False
         self._line: DigitalInputDevice | None = None
         self._inhibit: DigitalOutputDevice | None = None
+        self._worker: Worker | None = None
+
+    def resume_from(self, cursor: str | None) -> None:
+        """A pulse line keeps nothing to read again: each train is seen once, as it comes."""
 
     def start(self) -> None:
         s = self._settings
@@ -247,13 +251,19 @@ class PulseCoinAcceptor(CoinAcceptor):
             raise DeviceError(f"pulse coin acceptor on GPIO{s.coin_pin}: {err}") from err
         self._line.when_activated = self._on_low
         self._line.when_deactivated = self._on_high
+        self._worker = self._clock.start_worker("pulse acceptor", self, self._emit)
+        now = self._clock.monotonic()
+        stuck = frozenset({"line_stuck"} if self._line.is_active else ())
+        self._emit(DeviceReady(DEVICE, f"pulse acceptor on GPIO{s.coin_pin}", now, stuck))
+        if self._line.is_active:  # held low already: the decoder's deadline will say so
+            self._on_low()
 
     def _on_low(self) -> None:
         now = self._clock.monotonic()
         with self._lock:
             self._decoder.edge(now, low=True)
             self._apply_inhibit()
-        self._emit(Wake(now))
+        self._wake()
 
     def _on_high(self) -> None:
         now = self._clock.monotonic()
@@ -262,7 +272,11 @@ class PulseCoinAcceptor(CoinAcceptor):
             released, self._stuck = self._stuck, False
         if released:
             self._emit(DeviceFault(DEVICE, "line_stuck", False, "coin line released", now))
-        self._emit(Wake(now))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._worker is not None:
+            self._worker.wake()
 
     def _apply_inhibit(self) -> None:
         # Inhibited while a train is being read, so that a second coin cannot merge into it.
@@ -287,29 +301,37 @@ class PulseCoinAcceptor(CoinAcceptor):
         with self._lock:
             return self._decoder.next_deadline()
 
-    def service(self, now: float) -> None:
+    def service(self, now: float) -> list[Any]:
         with self._lock:
             trains = self._decoder.expire(now)
             self._apply_inhibit()
+        events: list[Any] = []
         for train in trains:
             if train.reason == LINE_HELD_LOW:
                 # A shorted or stuck line would swallow every coin: stop taking them.
                 with self._lock:
                     self._stuck = True
                 detail = f"GPIO{self._settings.coin_pin} held low"
-                self._emit(DeviceFault(DEVICE, "line_stuck", True, detail, now))
-                continue
-            if train.reason:
+                events.append(DeviceFault(DEVICE, "line_stuck", True, detail, now))
+            elif train.reason:
                 log.warning("pulse train refused: %s", train.reason)
-                self._emit(CoinRejected("pulse_train", train.reason, now))
-                continue
-            merged = len(train.coins) > 1
-            if merged:
-                log.warning("merged train of %d pulses read as %s c", train.pulses, train.coins)
-            for value in train.coins:
-                self._emit(CoinAccepted(value, now, merged))
+                events.append(CoinRejected("pulse_train", train.reason, now))
+            else:
+                merged = len(train.coins) > 1
+                if merged:
+                    log.warning("merged train of %d pulses read as %s c", train.pulses, train.coins)
+                events.extend(CoinAccepted(value, now, merged) for value in train.coins)
+        return events
+
+    def safe_state(self, error: Exception) -> list[Any]:
+        self.set_accepting(False)
+        now = self._clock.monotonic()
+        return [DeviceFault(DEVICE, "driver_error", True, f"pulse driver: {error}", now)]
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
         if self._inhibit is not None:
             self._inhibit.on()
             self._inhibit.close()

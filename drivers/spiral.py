@@ -3,9 +3,10 @@
 A vend turns the slot's motor until the cam switch leaves home and comes back (one revolution),
 then waits for the drop sensor to see the product fall. If nothing falls it turns once more (a
 product caught on the coil end), up to `retry_turns` times. The motor is switched off when the
-revolution ends, after `max_run_s` whatever happens, and on close. Outcomes are reported as a
-VendFinished event: delivered, jammed, no drop, or blocked (the drop sensor was interrupted before
-the vend began, so a drop could not be confirmed).
+revolution ends, after `max_run_s` whatever happens, and on close. The dispenser keeps that limit
+itself, on a worker of its own (a thread on the Pi), whatever the core loop or the coin acceptor
+is doing. Outcomes are reported as a VendFinished event: delivered, jammed, no drop, or blocked
+(the drop sensor was interrupted before the vend began, so a drop could not be confirmed).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from typing import Any
 from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
 from drivers.base import (
-    Clock,
     DeviceError,
     DeviceFault,
-    Emit,
-    Timed,
+    DeviceReady,
+    Dispenser,
     VendFinished,
     VendOutcome,
-    Wake,
+    best_effort,
 )
+from drivers.clock import Clock, Emit
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class _Phase(enum.Enum):
     AWAIT_DROP = enum.auto()
 
 
-class SpiralDispenser(Timed):
+class SpiralDispenser(Dispenser):
     """The slots' spirals and the shared drop sensor."""
 
     def __init__(
@@ -78,6 +79,7 @@ class SpiralDispenser(Timed):
         self._deadline: float | None = None
         self._blocked_reported = False
         self._beam_since: float | None = None  # the drop beam is cut since then, during a vend
+        self._worker = clock.start_worker("dispenser", self, emit)
         try:
             for slot, pins in slots.items():
                 self._motors[slot] = DigitalOutputDevice(
@@ -94,6 +96,19 @@ class SpiralDispenser(Timed):
             raise DeviceError(f"spiral dispenser: {err}") from err
         self._drop.when_activated = self._on_drop
         self._drop.when_deactivated = self._on_drop_clear
+
+    def start(self) -> None:
+        """Report the drop sensor as it is now (a fault restored from before a restart is
+        cleared if the beam is clear again)."""
+        now = self._clock.monotonic()
+        with self._lock:
+            blocked = self._blocked_reported = self.drop_sensor_blocked
+        if blocked:
+            detail = "drop sensor interrupted at start"
+            self._emit(DeviceFault("drop_sensor", "blocked", True, detail, now))
+        self._emit(DeviceReady("dispenser", f"{len(self._motors)} spirals", now))
+        faults = frozenset({"blocked"} if blocked else ())
+        self._emit(DeviceReady("drop_sensor", "drop sensor", now, faults))
 
     @property
     def busy(self) -> bool:
@@ -121,6 +136,7 @@ class SpiralDispenser(Timed):
                 blocked = False
                 self._slot, self._turns, self._dropped = slot, 0, False
                 self._start_turn(now)
+        self._worker.wake()
         if blocked:
             detail = "drop sensor interrupted before the vend"
             self._emit(DeviceFault("drop_sensor", "blocked", True, detail, now))
@@ -153,8 +169,7 @@ class SpiralDispenser(Timed):
                 self._phase = _Phase.AWAIT_DROP
                 self._deadline = now + self._drop_wait_s
                 finished = None
-        if finished is None:
-            self._emit(Wake(now))  # the deadline moved on the GPIO thread: the core must re-wait
+        self._worker.wake()
         self._report(finished)
 
     def _on_drop(self) -> None:
@@ -163,7 +178,7 @@ class SpiralDispenser(Timed):
             if self._phase is _Phase.IDLE:
                 return
             self._beam_since = now
-        self._emit(Wake(now))  # the beam now has a deadline of its own
+        self._worker.wake()  # the beam now has a deadline of its own
 
     def _on_drop_clear(self) -> None:
         now = self._clock.monotonic()
@@ -183,16 +198,29 @@ class SpiralDispenser(Timed):
             self._emit(DeviceFault("drop_sensor", "blocked", False, "drop sensor clear", now))
 
     def next_deadline(self) -> float | None:
-        if self._beam_since is not None and self._deadline is not None:
-            return min(self._deadline, self._beam_since + DROP_MAX_S)
-        return self._deadline
+        with self._lock:
+            if self._beam_since is not None and self._deadline is not None:
+                return min(self._deadline, self._beam_since + DROP_MAX_S)
+            return self._deadline
 
-    def service(self, now: float) -> None:
+    def service(self, now: float) -> list[Any]:
         with self._lock:
             finished = self._check(now)
-        if finished is not None and finished.outcome is VendOutcome.BLOCKED:
-            self._emit(DeviceFault("drop_sensor", "blocked", True, finished.detail, now))
-        self._report(finished)
+        if finished is None:
+            return []
+        log.info("slot %d: %s (%s)", finished.slot, finished.outcome, finished.detail)
+        if finished.outcome is VendOutcome.BLOCKED:
+            return [DeviceFault("drop_sensor", "blocked", True, finished.detail, now), finished]
+        return [finished]
+
+    def safe_state(self, error: Exception) -> list[Any]:
+        slot = self._slot if self.busy else None
+        self.stop_all()
+        now = self._clock.monotonic()
+        events: list[Any] = [DeviceFault("dispenser", "driver_error", True, str(error), now)]
+        if slot is not None:  # the core learns the vend is over: not charged
+            events.append(VendFinished(slot, VendOutcome.JAMMED, f"dispenser error: {error}", now))
+        return events
 
     def _check(self, now: float) -> VendFinished | None:
         if self._phase is _Phase.IDLE:
@@ -228,18 +256,20 @@ class SpiralDispenser(Timed):
             self._emit(finished)
 
     def stop_all(self) -> None:
-        """Every motor off and any vend abandoned: the safe state."""
+        """Every motor off and any vend abandoned: the safe state. Each motor is switched off
+        even if another one fails to."""
         with self._lock:
-            for motor in self._motors.values():
-                motor.off()
+            for slot, motor in self._motors.items():
+                best_effort(f"slot {slot} motor off", motor.off)
             self._phase = _Phase.IDLE
             self._deadline = self._beam_since = None
 
     def close(self) -> None:
+        self._worker.stop()
         self.stop_all()
         for device in [*self._motors.values(), *self._homes.values(), self._drop]:
             if device is not None:
-                device.close()
+                best_effort(f"dispenser: closing {device!r}", device.close)
         self._motors.clear()
         self._homes.clear()
         self._drop = None

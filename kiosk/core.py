@@ -1,43 +1,56 @@
 """The core: one thread, one event queue, the state machine and the ledger's only writer.
 
-Devices, and later the control socket and MQTT, put events on the queue. The loop waits for the
-next event or the nearest deadline (its own: inactivity, donation countdown, display messages;
-and the devices'), handles it, and drives the outputs for the state it is in. Any unexpected
-error stops selling safely (coins inhibited, motors off, out of service) until a technician
-closes the door again.
+Devices (on workers of their own), and later the control socket and MQTT, put events on the
+queue. The loop waits for the next event or the nearest of its own deadlines (messages, credit
+timers, a storage retry), handles it, and drives the outputs for the state it is in; it never
+waits on a device. An event that must be recorded (a coin, a vend's outcome, a fault) stays
+pending until its ledger write commits: on a write failure coins are inhibited at once and the
+pending events are written again, in order, until storage answers. Any other unexpected error
+stops selling safely (coins inhibited, motors off, out of service) until a technician closes the
+door again.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import math
 import queue
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from drivers.base import (
     CancelPressed,
-    Clock,
     CoinAccepted,
     CoinRejected,
-    DeviceError,
+    CursorAdvanced,
     DeviceFault,
     DeviceNotice,
+    DeviceReady,
     DoorChanged,
+    Event,
     SelectPressed,
     VendFinished,
     VendOutcome,
-    Wake,
+    best_effort,
 )
+from drivers.clock import Clock
 from kiosk.config import Config
+from kiosk.credit import CreditTimers
+from kiosk.deadlines import Deadlines
 from kiosk.errors import LedgerError
 from kiosk.hardware import Hardware
-from kiosk.ledger import Ledger, SlotState
+from kiosk.ledger import Fault, Ledger, SlotState
 from kiosk.machine import ACCEPTING, KioskModel, State, build
-from kiosk.texts import reason, text
+from kiosk.screen import Screen, View
 
 log = logging.getLogger(__name__)
+
+STORAGE_RETRY_S = 1.0
+RETRY = "storage_retry"
+ACCEPTOR = "coin_acceptor"
+STORAGE = ("kiosk", "storage")
+INTERNAL = ("kiosk", "internal_error")
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,19 @@ class Shutdown:
     """Stop the loop; the owner then closes the hardware and the ledger."""
 
 
+CoreEvent = Event | Refill | Shutdown
+# Events the books must hold: kept, in order, until their write commits.
+DURABLE = (
+    CoinAccepted,
+    CoinRejected,
+    VendFinished,
+    DeviceFault,
+    DeviceNotice,
+    DeviceReady,
+    CursorAdvanced,
+    DoorChanged,
+    Refill,
+)
 # A failed vend marks the slot with this fault; BLOCKED is the drop sensor's, not the slot's.
 SLOT_FAULTS = {VendOutcome.JAMMED: "jammed", VendOutcome.NO_DROP: "no_drop"}
 
@@ -75,12 +101,18 @@ class Controller:
         self.model = KioskModel(self._entered)
         build(self.model)
         self.slots: dict[int, SlotState] = {}
-        self._lang = config.kiosk.language
+        self.deadlines = Deadlines()
+        self.screen = Screen(
+            hardware.display, config.kiosk.language, config.display.message_s, self.deadlines
+        )
+        self.credit = CreditTimers(
+            self.deadlines,
+            config.credit.inactivity_timeout_s,
+            config.credit.donation_countdown_s,
+        )
         self._vend: tuple[int, int] | None = None  # (vend id, slot)
-        self._message: tuple[str, str] | None = None
-        self._message_until: float | None = None
-        self._inactive_at: float | None = None
-        self._donate_at: float | None = None
+        self._pending: collections.deque[CoreEvent] = collections.deque()
+        self._storage_error: tuple[str, str] | None = None  # (since, what failed)
         self._running = False
         self._stop_after_vend = False
 
@@ -94,43 +126,40 @@ class Controller:
 
     @property
     def donation_pending(self) -> bool:
-        return self._donate_at is not None
+        return self.credit.counting_down
 
     @property
     def settled(self) -> bool:
-        """Nothing under way: no vend, message, countdown, coin being read or motor deadline."""
+        """Nothing under way: no vend, message, timer, pending write or coin being read."""
         return (
             self._vend is None
-            and self._message_until is None
-            and self._inactive_at is None
-            and self._donate_at is None
+            and self.deadlines.empty
+            and not self.credit.counting_down
+            and not self._pending
             and not self.hw.acceptor.reading
-            and self.hw.dispenser.next_deadline() is None
+            and not self.hw.dispenser.busy
         )
 
     # --- start-up ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """The `starting` state's work: ledger checked, vends resolved, devices identified."""
-        self.hw.display.show(*text(self._lang, "starting"))
+        """The `starting` state's work: ledger checked, vends resolved, faults restored, devices
+        started. The kiosk is ready once the coin acceptor reports in (ready or faulty)."""
+        self.hw.display.show(*self.screen.state_lines(self._view()))
         self.ledger.boot(self.config.kiosk.id)
         self.ledger.sync_slots(self.config.slots)
         for vend in self.ledger.resolve_interrupted_vends():
             log.warning("vend %d of slot %d was interrupted: not charged", vend.vend_id, vend.slot)
-        try:
-            self.hw.acceptor.resume_from(self.ledger.acceptor_cursor())
-            self.hw.acceptor.start()
-        except DeviceError as err:
-            log.error("%s", err)
-            self.model.faults.add("coin_acceptor")
-            self.ledger.record_event("fault", f"coin_acceptor: {err}")
+        if self.ledger.clear_fault(*STORAGE, "the ledger is writable at start"):
+            log.info("storage fault of the last run cleared")
+        for fault in self.ledger.faults():
+            if not fault.device.startswith("slot_"):
+                self.model.faults.add((fault.device, fault.code))
         self.model.credit_cents = self.ledger.credit_cents()
         self.model.door_open = self.hw.panel.door_is_open
         self._reload_slots()
-        self.model.ready()
-        log.info(
-            "kiosk %s ready: %s, credit %d c", self.config.kiosk.id, self.state, self.credit_cents
-        )
+        self.hw.acceptor.resume_from(self.ledger.acceptor_cursor())
+        self.hw.start()
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -144,71 +173,138 @@ class Controller:
             raise
 
     def step(self) -> None:
-        event = self.clock.wait(self.events, self._next_deadline())
+        event = self.clock.wait(self.events, self.deadlines_next())
         try:
             if event is not None:
-                self.handle(event)
+                self._dispatch(event)
             self._service(self.clock.monotonic())
         except Exception as err:  # the top of the core thread: stop selling, keep the books
             log.exception("core error, going out of service")
-            self._halt("storage" if isinstance(err, LedgerError) else "internal_error", err)
+            self._halt(err)
 
-    def _next_deadline(self) -> float | None:
-        candidates = [
-            self._message_until,
-            self._inactive_at,
-            self._donation_tick(),
-            self.hw.acceptor.next_deadline(),
-            self.hw.dispenser.next_deadline(),
-        ]
+    def deadlines_next(self) -> float | None:
+        candidates = [self.deadlines.next(), self.credit.next_tick(self.clock.monotonic())]
         return min((c for c in candidates if c is not None), default=None)
 
-    def _donation_tick(self) -> float | None:
-        """The countdown redraws each second, and ends at `_donate_at`."""
-        if self._donate_at is None:
-            return None
-        remaining = self._donate_at - self.clock.monotonic()
-        if remaining <= 0:
-            return None  # held while a coin is read: the acceptor's deadline wakes the loop
-        return self._donate_at - max(0, int(remaining - 1e-9))
+    def _dispatch(self, event: CoreEvent) -> None:
+        durable = isinstance(event, DURABLE)
+        if self._pending and durable:
+            self._pending.append(event)  # after those still waiting: the books keep the order
+            return
+        try:
+            self.handle(event)
+        except LedgerError as err:
+            if durable:
+                self._pending.append(event)
+            self._storage_failed(err)
 
     def _service(self, now: float) -> None:
-        self.hw.acceptor.service(now)
-        self.hw.dispenser.service(now)
-        if self._message_until is not None and now >= self._message_until:
-            self._message = self._message_until = None
+        if self.deadlines.take(RETRY, now):
+            self._retry_storage(now)
+        if self.screen.expire(now):
             self._show_state()
-        if self._donate_at is not None:
-            if now < self._donate_at:
+        if self.credit.counting_down:
+            if not self.credit.donation_due(now):
                 self._show_state()
-            elif not self.hw.acceptor.reading and self.events.empty():
+            elif not self.hw.acceptor.reading and self.events.empty() and not self._pending:
                 self._donate()  # not while a coin is being read, or read but not yet counted
-        if self._inactive_at is not None and now >= self._inactive_at:
-            self._inactive_at = None
+        if self.credit.inactive(now):
             self._leave_credit("inactivity")
 
-    def _halt(self, fault: str, err: Exception) -> None:
-        self.hw.dispenser.stop_all()
-        self.hw.acceptor.set_accepting(False)
-        self.model.faults.add(fault)
-        vend, self._vend = self._vend, None
+    # --- storage -----------------------------------------------------------------------------
+
+    def _storage_failed(self, err: LedgerError) -> None:
+        now = self.clock.monotonic()
+        self.deadlines.set(RETRY, now + STORAGE_RETRY_S)
+        if self._storage_error is not None:
+            return
+        log.error("%s: coins inhibited until the ledger takes writes again", err)
+        self._storage_error = (self.ledger.now_iso(), str(err))
+        self.hw.acceptor.set_accepting(False)  # at once, whatever the state
+        self._block(STORAGE)
+
+    def _retry_storage(self, now: float) -> None:
         try:
-            self.ledger.record_event("fault", f"{fault}: {err}")
+            while self._pending:
+                self.handle(self._pending[0])
+                self._pending.popleft()
+            if self._storage_error is not None:
+                since, detail = self._storage_error
+                self.ledger.record_outage(Fault(*STORAGE, since, detail), "writes succeed again")
+        except LedgerError as err:
+            self._storage_failed(err)
+            return
+        if self._storage_error is not None:
+            log.info("the ledger takes writes again")
+            self._storage_error = None
+            self._unblock(STORAGE)
+
+    # --- faults ------------------------------------------------------------------------------
+
+    def _block(self, key: tuple[str, str]) -> None:
+        self.model.faults.add(key)
+        if self.state in (State.IDLE, State.CREDIT):
+            self.credit.stop()
+            self.model.fault()
+        else:
+            self._outputs(self.state)  # LEDs and coins follow the new fault
+
+    def _unblock(self, key: tuple[str, str]) -> None:
+        self.model.faults.discard(key)
+        if self.state is State.OUT_OF_SERVICE:
+            self.model.recover()
+
+    def _on_fault(self, event: DeviceFault) -> None:
+        key = (event.device, event.code)
+        if event.active:
+            self.ledger.set_fault(Fault(*key, "", event.detail))
+            self._block(key)
+        else:
+            self.ledger.clear_fault(*key, event.detail)
+            self._unblock(key)
+        if self.state is State.STARTING and event.device == ACCEPTOR and event.active:
+            self.model.ready()  # the acceptor cannot be set up: out of service, it retries
+
+    def _on_ready(self, event: DeviceReady) -> None:
+        log.info("%s ready: %s", event.device, event.detail)
+        for fault in self.ledger.faults():
+            if fault.device == event.device and fault.code not in event.faults:
+                self.ledger.clear_fault(fault.device, fault.code, "not present at start")
+                self._unblock((fault.device, fault.code))
+        if self.state is State.STARTING and event.device == ACCEPTOR:
+            self.model.ready()
+
+    def _halt(self, err: Exception) -> None:
+        """Unexpected error: every safe action tried on its own, then out of service."""
+        best_effort("motors off", self.hw.dispenser.stop_all)
+        best_effort("coins inhibited", lambda: self.hw.acceptor.set_accepting(False))
+        self.model.faults.add(INTERNAL)
+        vend, self._vend = self._vend, None
+        fault = Fault(*INTERNAL, "", str(err))
+        try:
             if vend is not None:
-                self.ledger.interrupt_vend(vend[0], f"{fault} during the vend; not charged")
-                self._reload_slots()
+                self.ledger.interrupt_vend(vend[0], "internal error during the vend", fault)
+            else:
+                self.ledger.set_fault(fault)
         except LedgerError:
             log.exception("cannot record the fault")
+        best_effort("slots reloaded", self._reload_slots)
         self.model.halt()
 
     # --- events ------------------------------------------------------------------------------
 
-    def handle(self, event: Any) -> None:
+    def handle(self, event: CoreEvent) -> None:
         match event:
             case CoinAccepted():
                 self._on_coin(event)
             case CoinRejected():
-                self.ledger.record_event("coin_rejected", f"{event.reason}: {event.detail}")
+                self.ledger.record_event(
+                    "coin_rejected",
+                    event.detail,
+                    device=ACCEPTOR,
+                    code=event.reason,
+                    cursor=event.cursor,
+                )
             case SelectPressed():
                 self._on_select(event.slot)
             case CancelPressed():
@@ -220,18 +316,26 @@ class Controller:
                 self._on_door(event.is_open)
             case DeviceFault():
                 self._on_fault(event)
+            case DeviceReady():
+                self._on_ready(event)
             case DeviceNotice():
-                self.ledger.record_event(f"{event.device}_{event.code}", event.detail)
+                self.ledger.record_event(
+                    "notice",
+                    event.detail,
+                    device=event.device,
+                    code=event.code,
+                    cursor=event.cursor,
+                )
+            case CursorAdvanced():
+                self.ledger.advance_cursor(event.cursor)
             case Refill():
                 self._on_refill(event)
             case Shutdown():
                 # A vend ends within max_run_s: let it, so nothing is dispensed uncharged.
                 self._stop_after_vend = self.state is State.VENDING
                 self._running = self._stop_after_vend
-            case Wake():
-                pass
             case _:
-                log.warning("unknown event %r ignored", event)
+                assert_never(event)
 
     def _on_coin(self, event: CoinAccepted) -> None:
         # The coin is in the cash box whatever the state: it is always credited.
@@ -242,29 +346,30 @@ class Controller:
         if self.state is State.IDLE:
             self.model.insert_coin()
         elif self.state is State.CREDIT:
-            self._donate_at = None
-            self._touch()
+            self.credit.cancel_countdown()
+            self.credit.touch(self.clock.monotonic())
             self._show_state()
 
     def _on_select(self, slot_id: int) -> None:
         slot = self.slots.get(slot_id)
         if slot is None or self.state not in (State.IDLE, State.CREDIT):
             return
+        now = self.clock.monotonic()
         if self.state is State.CREDIT:
-            self._donate_at = None  # any selection: the shopper is still here
-            self._touch()
+            self.credit.cancel_countdown()  # any selection: the shopper is still here
+            self.credit.touch(now)
         fields = {"product": slot.product, "price": slot.price_cents}
         if slot.quantity == 0:
-            self._say("sold_out", **fields)
+            self.screen.say(now, "sold_out", **fields)
         elif not slot.sellable:
-            self._say("unavailable", **fields)
+            self.screen.say(now, "unavailable", **fields)
         elif self.state is State.IDLE:
-            self._say("price", **fields)
+            self.screen.say(now, "price", **fields)
         elif self.credit_cents < slot.price_cents:
-            self._say("missing", missing=slot.price_cents - self.credit_cents, **fields)
+            self.screen.say(now, "missing", missing=slot.price_cents - self.credit_cents, **fields)
         else:
             self._vend = (self.ledger.start_vend(slot_id, slot.price_cents), slot_id)
-            self._message = self._message_until = None
+            self.screen.drop_message()
             self.model.select()
             self.hw.dispenser.vend(slot_id)
 
@@ -273,48 +378,41 @@ class Controller:
             log.warning("vend result for slot %d with no vend running: ignored", event.slot)
             return
         vend_id, slot_id = self._vend
-        self._vend = None
         product = self.slots[slot_id].product
+        now = self.clock.monotonic()
         if event.outcome is VendOutcome.DELIVERED:
             self.model.credit_cents = self.ledger.complete_sale(vend_id, event.detail)
             log.info("sale: slot %d %s, credit left %d c", slot_id, product, self.credit_cents)
-            self._say("thanks", product=product)
+            self.screen.say(now, "thanks", product=product)
         else:
-            self.ledger.fail_vend(
-                vend_id, event.outcome, event.detail, SLOT_FAULTS.get(event.outcome)
-            )
-            self._say("vend_failed", credit=self.credit_cents)
+            fault = SLOT_FAULTS.get(event.outcome)
+            self.ledger.fail_vend(vend_id, event.outcome, event.detail, fault)
+            self.screen.say(now, "vend_failed", credit=self.credit_cents)
+        self._vend = None
         self._reload_slots()
         self.model.vend_done()
         if self._stop_after_vend:
             self._running = False
 
     def _on_door(self, is_open: bool) -> None:
-        self.model.door_open = is_open
-        self.ledger.record_event("door_opened" if is_open else "door_closed", actor="technician")
-        if is_open and self.state in (State.IDLE, State.CREDIT, State.OUT_OF_SERVICE):
-            self._donate_at = None
-            self.model.open_door()
-        elif not is_open and self.state is State.MAINTENANCE:
-            # Closing the door ends a service visit: faults it repaired are cleared.
-            self.ledger.clear_slot_faults("technician")
-            self.model.faults.discard("internal_error")
-            self.model.faults.discard("storage")
-            self._reload_slots()
-            self.model.close_door()
-
-    def _on_fault(self, event: DeviceFault) -> None:
-        kind = "fault" if event.active else "fault_cleared"
-        self.ledger.record_event(kind, f"{event.device} {event.code}: {event.detail}")
-        if event.active:
-            self.model.faults.add(event.device)
-            if self.state in (State.IDLE, State.CREDIT):
-                self._donate_at = None
-                self.model.fault()
-        else:
-            self.model.faults.discard(event.device)
-            if self.state is State.OUT_OF_SERVICE:
-                self.model.recover()
+        if is_open:
+            self.ledger.record_event("door_opened", actor="technician", device="door")
+            self.model.door_open = True
+            if self.state in (State.IDLE, State.CREDIT, State.OUT_OF_SERVICE):
+                self.credit.stop()
+                self.model.open_door()
+            return
+        if self.state is not State.MAINTENANCE:
+            self.ledger.record_event("door_closed", actor="technician", device="door")
+            self.model.door_open = False
+            return
+        # Closing the door ends a service visit: the faults it repaired are cleared with it.
+        cleared = self.ledger.close_door([INTERNAL], "technician")
+        self.model.door_open = False
+        for fault in cleared:
+            self.model.faults.discard((fault.device, fault.code))
+        self._reload_slots()
+        self.model.close_door()
 
     def _on_refill(self, event: Refill) -> None:
         slot = self.slots.get(event.slot)
@@ -322,37 +420,32 @@ class Controller:
             why = "no such slot" if slot is None else f"door closed ({self.state})"
             self.ledger.record_event("refill_refused", why, event.slot, event.actor)
             return
-        quantity = min(event.quantity, slot.capacity - slot.quantity)
-        if quantity < event.quantity:
-            detail = f"{event.quantity} asked, {quantity} fit (capacity {slot.capacity})"
-            self.ledger.record_event("refill_capped", detail, event.slot, event.actor)
-        if quantity > 0:
-            self.ledger.refill(event.slot, quantity, event.actor)
+        if self.ledger.refill(event.slot, event.quantity, event.actor):
             self._reload_slots()
 
     # --- credit policy -----------------------------------------------------------------------
 
-    def _touch(self) -> None:
-        self._inactive_at = self.clock.monotonic() + self.config.credit.inactivity_timeout_s
-
     def _leave_credit(self, why: str) -> None:
         """Inactivity or cancel: apply the leftover policy, announced first."""
         log.info("credit %d c left by %s: %s", self.credit_cents, why, self.config.credit.leftover)
+        now = self.clock.monotonic()
         if self.config.credit.leftover == "donate":
-            self._donate_at = self.clock.monotonic() + self.config.credit.donation_countdown_s
-            self._message = self._message_until = None
+            self.credit.start_countdown(now)
+            self.screen.drop_message()
             self._show_state()
         else:
-            self._inactive_at = None
+            self.credit.stop()
             self.ledger.record_event("credit_kept", f"{self.credit_cents} c after {why}")
-            self._say("kept", credit=self.credit_cents)
+            self.screen.say(now, "kept", credit=self.credit_cents)
 
     def _donate(self) -> None:
-        self._donate_at = None
         amount = self.ledger.donate(self.config.credit.beneficiary)
+        self.credit.cancel_countdown()
         log.info("donation of %d c to %s", amount, self.config.credit.beneficiary)
         self.model.credit_cents = self.ledger.credit_cents()
-        self._say("donated", beneficiary=self.config.credit.beneficiary)
+        self.screen.say(
+            self.clock.monotonic(), "donated", beneficiary=self.config.credit.beneficiary
+        )
         self.model.donate()
 
     # --- outputs -----------------------------------------------------------------------------
@@ -364,47 +457,33 @@ class Controller:
 
     def _entered(self, state: State) -> None:
         log.info("state %s", state)
-        self.hw.acceptor.set_accepting(state in ACCEPTING)
-        for slot in self.slots.values():
-            self.hw.panel.set_led(slot.slot, state in ACCEPTING and slot.sellable)
+        self._outputs(state)
         if state is State.CREDIT:
-            self._touch()
-        else:
-            self._inactive_at = self._donate_at = None
+            self.credit.touch(self.clock.monotonic())
+        elif state is not State.STARTING:
+            self.credit.stop()
         self._show_state()
 
-    def _say(self, key: str, **fields: Any) -> None:
-        """A message over the state's screen for `display.message_s`."""
-        self._message = text(self._lang, key, **fields)
-        self._message_until = self.clock.monotonic() + self.config.display.message_s
-        self.hw.display.show(*self._message)
+    def _outputs(self, state: State) -> None:
+        accepting = state in ACCEPTING and self._storage_error is None
+        self.hw.acceptor.set_accepting(accepting)
+        for slot in self.slots.values():
+            self.hw.panel.set_led(slot.slot, accepting and slot.sellable)
 
     def _show_state(self) -> None:
-        if self._message is not None:
-            return
-        self.hw.display.show(*self.screen())
+        self.screen.show(self._view())
 
-    def screen(self) -> tuple[str, str]:
-        lang, state = self._lang, self.state
-        if state is State.CREDIT and self._donate_at is not None:
-            seconds = max(0, math.ceil(self._donate_at - self.clock.monotonic()))
-            return text(
-                lang,
-                "donating",
-                credit=self.credit_cents,
-                seconds=seconds,
-                beneficiary=self.config.credit.beneficiary,
-            )
-        if state is State.CREDIT:
-            return text(lang, "credit", credit=self.credit_cents)
-        if state is State.IDLE:
-            coins = " ".join(str(c) for c in self.config.kiosk.accepted_coins_cents)
-            return text(lang, "idle", coins=coins)
-        if state is State.VENDING and self._vend is not None:
-            return text(lang, "vending", product=self.slots[self._vend[1]].product)
-        if state is State.OUT_OF_SERVICE:
-            code = min(self.model.faults) if self.model.faults else "sold_out"
-            return text(lang, "out_of_service", reason=reason(lang, code))
-        if state is State.MAINTENANCE:
-            return text(lang, "maintenance")
-        return text(lang, "wait")
+    def _view(self) -> View:
+        vend_slot = None if self._vend is None else self.slots.get(self._vend[1])
+        return View(
+            state=self.state,
+            credit_cents=self.credit_cents,
+            donation_seconds=self.credit.seconds_left(self.clock.monotonic()),
+            beneficiary=self.config.credit.beneficiary,
+            product=None if vend_slot is None else vend_slot.product,
+            fault=min(self.model.faults) if self.model.faults else None,
+            coins_cents=self.config.kiosk.accepted_coins_cents,
+        )
+
+    def screen_lines(self) -> tuple[str, str]:
+        return self.screen.state_lines(self._view())

@@ -1,7 +1,9 @@
 """`kiosk run`: the daemon on real hardware, with the system clock and gpiozero's pin factory.
 
-The only place that configures logging handlers. SIGTERM and SIGINT put a Shutdown on the core's
-queue; the core stops, and the hardware is left in its safe state (coins inhibited, motors off).
+The only place that configures logging handlers. SIGTERM, SIGINT and SIGHUP put a Shutdown on the
+core's queue; the core stops (after a vend in progress), and the hardware is left in its safe
+state (motors off, coins inhibited, tried even if the acceptor was lost). SIGUSR1 and SIGUSR2,
+which would otherwise kill the process with coins enabled, log a status line instead.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import signal
 from types import FrameType
 from typing import Any
 
-from drivers.base import SystemClock
+from drivers.clock import SystemClock
 from kiosk.config import Config
 from kiosk.core import Controller, Shutdown
 from kiosk.hardware import build_hardware
 from kiosk.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STATUS_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def run_daemon(config: Config) -> int:
@@ -29,20 +34,30 @@ def run_daemon(config: Config) -> int:
     )
     clock = SystemClock()
     events: queue.Queue[Any] = queue.Queue()
-    hardware = build_hardware(config, clock, events.put)
+    ledger = Ledger(config.ledger.path, clock.wall)
     try:
-        ledger = Ledger(config.ledger.path, clock.wall)
+        hardware = build_hardware(config, clock, events.put)
     except BaseException:
-        hardware.close()
+        ledger.close()
         raise
     controller = Controller(config, ledger, hardware, clock, events)
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
+        log.info("signal %s: stopping", signal.Signals(signum).name)
         events.put(Shutdown())
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    def status(signum: int, frame: FrameType | None) -> None:
+        log.info(
+            "status: %s, credit %d c, faults %s",
+            controller.state,
+            controller.credit_cents,
+            sorted(controller.model.faults) or "none",
+        )
+
+    for number in STOP_SIGNALS:
+        signal.signal(number, stop)
+    for number in STATUS_SIGNALS:
+        signal.signal(number, status)
     try:
         controller.start()
         controller.run()

@@ -1,31 +1,50 @@
-"""Builds the kiosk's devices from its configuration: coin acceptor (by driver name), spiral
-dispenser, panel and display, all on one pin factory (gpiozero's default on a Pi; the simulator
-passes its own)."""
+"""Builds the kiosk's devices from its configuration: coin acceptor, dispenser, panel and display,
+each back-end chosen by name from the drivers' registries, all on one pin factory (gpiozero's on
+a Pi; the simulator passes its own)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import Clock, CoinAcceptor, Emit, acceptor_class
-from drivers.panel import Panel, TextDisplay
-from drivers.spiral import SpiralDispenser, SpiralPins
+from drivers.base import (
+    DISPENSER_DRIVERS,
+    DISPLAY_DRIVERS,
+    PANEL_DRIVERS,
+    CoinAcceptor,
+    Dispenser,
+    Display,
+    Panel,
+    acceptor_class,
+    best_effort,
+    device_class,
+)
+from drivers.clock import Clock, Emit
+from drivers.spiral import SpiralPins
 from kiosk.config import Config
 
 
 @dataclass
 class Hardware:
     acceptor: CoinAcceptor
-    dispenser: SpiralDispenser
+    dispenser: Dispenser
     panel: Panel
-    display: TextDisplay
+    display: Display
+
+    def start(self) -> None:
+        """Devices begin; each reports DeviceReady (or a fault) on its own, the caller waits on
+        none of them."""
+        self.dispenser.start()
+        self.acceptor.start()
 
     def close(self) -> None:
-        """Safe state: coins inhibited, motors off, devices released."""
-        self.acceptor.close()
-        self.dispenser.close()
-        self.panel.close()
-        self.display.close()
+        """Safe state: motors off, coins inhibited, devices released; each step is tried even
+        if another one fails."""
+        best_effort("motors off", self.dispenser.stop_all)
+        best_effort("coin acceptor close", self.acceptor.close)
+        best_effort("dispenser close", self.dispenser.close)
+        best_effort("panel close", self.panel.close)
+        best_effort("display close", self.display.close)
 
 
 def build_hardware(config: Config, clock: Clock, emit: Emit, pin_factory: Any = None) -> Hardware:
@@ -38,7 +57,7 @@ def build_hardware(config: Config, clock: Clock, emit: Emit, pin_factory: Any = 
     )
     opened: list[Any] = [acceptor]
     try:
-        dispenser = SpiralDispenser(
+        dispenser = device_class(DISPENSER_DRIVERS, "spiral")(
             {s.id: SpiralPins(s.motor_pin, s.home_pin) for s in config.slots},
             config.dispenser.drop_pin,
             clock,
@@ -49,7 +68,7 @@ def build_hardware(config: Config, clock: Clock, emit: Emit, pin_factory: Any = 
             pin_factory=pin_factory,
         )
         opened.append(dispenser)
-        panel = Panel(
+        panel = device_class(PANEL_DRIVERS, "gpio")(
             {s.id: s.button_pin for s in config.slots},
             config.panel.cancel_pin,
             config.panel.door_pin,
@@ -60,6 +79,7 @@ def build_hardware(config: Config, clock: Clock, emit: Emit, pin_factory: Any = 
         )
     except BaseException:
         for device in opened:
-            device.close()
+            best_effort(f"closing {device!r}", device.close)
         raise
-    return Hardware(acceptor, dispenser, panel, TextDisplay(config.display.columns))
+    display = device_class(DISPLAY_DRIVERS, "log")(config.display.columns)
+    return Hardware(acceptor, dispenser, panel, display)

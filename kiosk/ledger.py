@@ -1,8 +1,12 @@
-"""The ledger: every coin, credit, vend, sale, donation, stock movement and event, in SQLite.
+"""The ledger: every coin, credit, vend, sale, donation, stock movement, fault and event, in SQLite.
 
-This class is the only writer. Each public write is one transaction (`_tx`), so a coin and its
-credit, or a sale with its debit and stock decrement, land together or not at all; an outbox for
-telemetry joins these same transactions. Reads for reports and `kiosk verify` live in reports.py.
+This class is the only writer. Each public write is one transaction (`_tx`) holding the business
+record and the event rows that describe it (a sale and its debit and stock decrement, a refill and
+its cap, a fault and the vend it interrupts, the door closing and the faults it clears), so an
+outbox joining these transactions can neither lose nor invent an event. Faults are rows keyed by
+(device, code), set and cleared one by one with their event. The ledger owns live products and
+prices: a profile value is applied only when the profile changed it since it was last applied.
+Reads for reports and `kiosk verify` live in reports.py.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from kiosk.schema import connect, migrate
 
 log = logging.getLogger(__name__)
 
+CORE_BUSY_TIMEOUT_MS = 250  # the core never waits seconds on a lock: it retries instead
+PROFILE_KEYS = ("product", "price_cents", "capacity")
+
 
 @dataclass(frozen=True)
 class SlotState:
@@ -41,6 +48,15 @@ class SlotState:
 
 
 @dataclass(frozen=True)
+class Fault:
+    device: str
+    code: str
+    since: str
+    detail: str
+    slot: int | None = None
+
+
+@dataclass(frozen=True)
 class InterruptedVend:
     vend_id: int
     slot: int
@@ -51,13 +67,18 @@ def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def slot_device(slot: int) -> str:
+    """The device name of a slot's spiral in the faults table."""
+    return f"slot_{slot}"
+
+
 class Ledger:
     """The kiosk's books, opened on `path`; `now` gives the wall-clock time of each record."""
 
     def __init__(self, path: str | Path, now: Callable[[], datetime]) -> None:
         self.path = str(path)
         self._now = now
-        self.db: Database = connect(path)
+        self.db: Database = connect(path, busy_timeout_ms=CORE_BUSY_TIMEOUT_MS)
         ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
         if ok != "ok":
             raise LedgerError(f"ledger {path}: quick_check failed: {ok}")
@@ -92,35 +113,17 @@ class Ledger:
             elif owner != kiosk_id:
                 raise LedgerError(f"ledger {self.path} belongs to kiosk {owner}, not {kiosk_id}")
             boots = int(self._one("SELECT value FROM meta WHERE key = 'boot_count'") or 0) + 1
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('boot_count', ?)", [str(boots)])
+            self._set_meta("boot_count", str(boots))
         return boots
 
     def sync_slots(self, slots: tuple[SlotConfig, ...]) -> None:
-        """Add configured slots the ledger lacks (with a first count), follow product and price,
-        and disable slots the configuration no longer has (their history stays)."""
+        """Add configured slots the ledger lacks (with a first count); apply a profile's product,
+        price or capacity only where the profile changed it since it was last applied (a price
+        set since by a technician or the city stays); disable slots the profile no longer has
+        (their history stays)."""
         with self._tx() as at:
             for slot in slots:
-                row = self.db.execute(
-                    "SELECT product, price_cents, capacity FROM stock WHERE slot = ?", [slot.id]
-                ).fetchone()
-                if row is None:
-                    quantity = (
-                        slot.capacity if slot.initial_quantity is None else slot.initial_quantity
-                    )
-                    self.db.execute(
-                        "INSERT INTO stock (slot, product, price_cents, quantity, capacity) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        [slot.id, slot.product, slot.price_cents, quantity, slot.capacity],
-                    )
-                    self._count(at, slot.id, "count", quantity, "config")
-                elif tuple(row) != (slot.product, slot.price_cents, slot.capacity):
-                    self.db.execute(
-                        "UPDATE stock SET product = ?, price_cents = ?, capacity = ? "
-                        "WHERE slot = ?",
-                        [slot.product, slot.price_cents, slot.capacity, slot.id],
-                    )
-                    detail = f"{row[0]} {row[1]} c -> {slot.product} {slot.price_cents} c"
-                    self._event(at, "slot_changed", detail, slot.id, "config")
+                self._sync_slot(at, slot)
             configured = [slot.id for slot in slots]
             marks = ", ".join("?" for _ in configured)
             gone = self.db.execute(
@@ -129,6 +132,34 @@ class Ledger:
             for (slot_id,) in gone:
                 self.db.execute("UPDATE stock SET enabled = 0 WHERE slot = ?", [slot_id])
                 self._event(at, "slot_removed", "no longer in the configuration", slot_id, "config")
+
+    def _sync_slot(self, at: str, slot: SlotConfig) -> None:
+        if self._one("SELECT count(*) FROM stock WHERE slot = ?", [slot.id]) == 0:
+            quantity = slot.capacity if slot.initial_quantity is None else slot.initial_quantity
+            self.db.execute(
+                "INSERT INTO stock (slot, product, price_cents, quantity, capacity) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [slot.id, slot.product, slot.price_cents, quantity, slot.capacity],
+            )
+            self._count(at, slot.id, "count", quantity, "config")
+        else:
+            applied = self.db.execute(
+                "SELECT product, price_cents, capacity FROM slot_profile WHERE slot = ?", [slot.id]
+            ).fetchone()
+            last = dict(zip(PROFILE_KEYS, applied, strict=True)) if applied else {}
+            for key in PROFILE_KEYS:
+                value = getattr(slot, key)
+                if key in last and last[key] == value:
+                    continue  # unchanged in the profile: the ledger's live value stands
+                old = self._one(f"SELECT {key} FROM stock WHERE slot = ?", [slot.id])
+                if old != value:
+                    self.db.execute(f"UPDATE stock SET {key} = ? WHERE slot = ?", [value, slot.id])
+                    detail = f"{key} {old} -> {value} (profile)"
+                    self._event(at, "slot_changed", detail, slot.id, "config", code=key)
+        self.db.execute(
+            "INSERT OR REPLACE INTO slot_profile VALUES (?, ?, ?, ?)",
+            [slot.id, slot.product, slot.price_cents, slot.capacity],
+        )
 
     def resolve_interrupted_vends(self) -> list[InterruptedVend]:
         """Vends cut short by a crash: never charged; their slot is flagged for a recount."""
@@ -142,10 +173,12 @@ class Ledger:
             self.interrupt_vend(vend.vend_id, "kiosk restarted during the vend; not charged")
         return found
 
-    def interrupt_vend(self, vend_id: int, detail: str) -> None:
+    def interrupt_vend(self, vend_id: int, detail: str, fault: Fault | None = None) -> None:
         """A vend that never got its outcome: not charged, and since the product may have
-        fallen, its slot is flagged for a recount."""
+        fallen, its slot is flagged for a recount; with the fault that cut it short, if any."""
         with self._tx() as at:
+            if fault is not None:
+                self._set_fault(at, fault)
             slot = self._one("SELECT slot FROM vends WHERE id = ?", [vend_id])
             self.db.execute(
                 "UPDATE vends SET outcome = 'interrupted', ended_at = ?, detail = ? "
@@ -168,13 +201,23 @@ class Ledger:
 
     def slots(self) -> dict[int, SlotState]:
         rows = self.db.execute(
-            "SELECT slot, product, price_cents, quantity, capacity, enabled, fault, needs_recount "
-            "FROM stock ORDER BY slot"
+            "SELECT s.slot, product, price_cents, quantity, capacity, enabled, "
+            "(SELECT min(code) FROM faults f WHERE f.device = 'slot_' || s.slot), needs_recount "
+            "FROM stock s ORDER BY s.slot"
         )
         return {
             r[0]: SlotState(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], bool(r[7]))
             for r in rows
         }
+
+    def faults(self) -> list[Fault]:
+        """The active faults, oldest first."""
+        return [
+            Fault(*row)
+            for row in self.db.execute(
+                "SELECT device, code, since, detail, slot FROM faults ORDER BY since, device, code"
+            )
+        ]
 
     # --- money -------------------------------------------------------------------------------
 
@@ -182,10 +225,7 @@ class Ledger:
         """A coin, the credit it adds and the acceptor's cursor, in one transaction. Returns the
         new credit."""
         with self._tx() as at:
-            if cursor:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('acceptor_cursor', ?)", [cursor]
-                )
+            self._advance(cursor)
             session = self._open_session(at)
             self.db.execute(
                 "INSERT INTO coins (at, session_id, value_cents, merged) VALUES (?, ?, ?, ?)",
@@ -250,16 +290,16 @@ class Ledger:
         return self.credit_cents()
 
     def fail_vend(self, vend_id: int, outcome: str, detail: str, fault: str | None) -> None:
-        """No drop confirmed: nothing charged; the slot is marked faulty when `fault` is given."""
+        """No drop confirmed: nothing charged; the slot gets fault `fault` when given."""
         with self._tx() as at:
             slot = self._one("SELECT slot FROM vends WHERE id = ?", [vend_id])
             self.db.execute(
                 "UPDATE vends SET outcome = ?, ended_at = ?, detail = ? WHERE id = ?",
                 [outcome, at, detail, vend_id],
             )
+            self._event(at, "vend_failed", detail, slot, device="dispenser", code=outcome)
             if fault is not None:
-                self.db.execute("UPDATE stock SET fault = ? WHERE slot = ?", [fault, slot])
-            self._event(at, f"vend_{outcome}", detail, slot)
+                self._set_fault(at, Fault(slot_device(slot), fault, at, detail, slot))
 
     def donate(self, beneficiary: str) -> int:
         """Give the open credit to `beneficiary`; returns the amount donated (0 if none)."""
@@ -286,41 +326,35 @@ class Ledger:
             [at, reason, session],
         )
 
-    # --- stock and events --------------------------------------------------------------------
+    # --- stock -------------------------------------------------------------------------------
 
-    def refill(self, slot: int, quantity: int, actor: str) -> int:
-        """Add `quantity` products to `slot` (capped by nothing: the caller checks capacity)."""
+    def refill(self, slot: int, asked: int, actor: str) -> int:
+        """Add up to `asked` products to `slot`, as many as fit; a cap is recorded with the
+        refill. Returns how many were added."""
         with self._tx() as at:
-            self.db.execute(
-                "UPDATE stock SET quantity = quantity + ? WHERE slot = ?", [quantity, slot]
-            )
-            self._count(at, slot, "refill", quantity, actor)
-            return int(self._one("SELECT quantity FROM stock WHERE slot = ?", [slot]))
+            quantity, capacity = self.db.execute(
+                "SELECT quantity, capacity FROM stock WHERE slot = ?", [slot]
+            ).fetchone()
+            added = max(0, min(asked, capacity - quantity))
+            if added < asked:
+                detail = f"{asked} asked, {added} fit (capacity {capacity})"
+                self._event(at, "refill_capped", detail, slot, actor)
+            if added:
+                self.db.execute(
+                    "UPDATE stock SET quantity = quantity + ? WHERE slot = ?", [added, slot]
+                )
+                self._count(at, slot, "refill", added, actor)
+        return int(added)
 
-    def clear_slot_faults(self, actor: str) -> list[int]:
-        """A technician serviced the kiosk: faulty slots are offered again."""
+    def set_price(self, slot: int, price_cents: int, actor: str) -> None:
+        """A live price (a technician's or the city's); a restart keeps it."""
         with self._tx() as at:
-            slots = [
-                r[0] for r in self.db.execute("SELECT slot FROM stock WHERE fault IS NOT NULL")
-            ]
-            for slot in slots:
-                self.db.execute("UPDATE stock SET fault = NULL WHERE slot = ?", [slot])
-                self._event(at, "slot_fault_cleared", "", slot, actor)
-        return slots
-
-    def record_event(
-        self, kind: str, detail: str = "", slot: int | None = None, actor: str = "kiosk"
-    ) -> None:
-        with self._tx() as at:
-            self._event(at, kind, detail, slot, actor)
-
-    def _event(
-        self, at: str, kind: str, detail: str, slot: int | None, actor: str = "kiosk"
-    ) -> None:
-        self.db.execute(
-            "INSERT INTO events (at, kind, slot, detail, actor) VALUES (?, ?, ?, ?, ?)",
-            [at, kind, slot, detail, actor],
-        )
+            old = self._one("SELECT price_cents FROM stock WHERE slot = ?", [slot])
+            if old is None:
+                raise LedgerError(f"no slot {slot}")
+            self.db.execute("UPDATE stock SET price_cents = ? WHERE slot = ?", [price_cents, slot])
+            detail = f"price_cents {old} -> {price_cents}"
+            self._event(at, "slot_changed", detail, slot, actor, code="price_cents")
 
     def _count(self, at: str, slot: int, kind: str, quantity: int, actor: str) -> None:
         last_sale = self._one("SELECT coalesce(max(id), 0) FROM sales")
@@ -329,3 +363,110 @@ class Ledger:
             "VALUES (?, ?, ?, ?, ?, ?)",
             [at, slot, kind, quantity, last_sale, actor],
         )
+
+    # --- faults and events -------------------------------------------------------------------
+
+    def set_fault(self, fault: Fault, cursor: str = "") -> bool:
+        """Raise a fault with its event; False (and nothing written) if it is already active."""
+        with self._tx() as at:
+            self._advance(cursor)
+            return self._set_fault(at, fault)
+
+    def clear_fault(self, device: str, code: str, detail: str, actor: str = "kiosk") -> bool:
+        """Clear one fault with its event; False if it was not active."""
+        with self._tx() as at:
+            return self._clear_fault(at, device, code, detail, actor)
+
+    def close_door(self, clears: list[tuple[str, str]], actor: str) -> list[Fault]:
+        """The door closed after a service visit: the faults a technician repairs (every slot's,
+        and those in `clears`) are cleared with the door's event. Returns the faults cleared."""
+        with self._tx() as at:
+            self._event(at, "door_closed", "", None, actor, device="door")
+            cleared = [
+                f
+                for f in self._faults()
+                if f.device.startswith("slot_") or (f.device, f.code) in clears
+            ]
+            for f in cleared:
+                self._clear_fault(at, f.device, f.code, "serviced", actor)
+        return cleared
+
+    def record_outage(self, fault: Fault, cleared: str) -> None:
+        """A fault that could not be written while it lasted (storage): set and cleared now."""
+        with self._tx() as at:
+            self._set_fault(at, fault)
+            self._clear_fault(at, fault.device, fault.code, cleared, "kiosk")
+
+    def now_iso(self) -> str:
+        return iso(self._now())
+
+    def record_event(
+        self,
+        kind: str,
+        detail: str = "",
+        slot: int | None = None,
+        actor: str = "kiosk",
+        *,
+        device: str | None = None,
+        code: str | None = None,
+        cursor: str = "",
+    ) -> None:
+        with self._tx() as at:
+            self._advance(cursor)
+            self._event(at, kind, detail, slot, actor, device=device, code=code)
+
+    def advance_cursor(self, cursor: str) -> None:
+        with self._tx():
+            self._advance(cursor)
+
+    def _set_fault(self, at: str, fault: Fault) -> bool:
+        if self._one(
+            "SELECT count(*) FROM faults WHERE device = ? AND code = ?", [fault.device, fault.code]
+        ):
+            return False
+        self.db.execute(
+            "INSERT INTO faults (device, code, since, detail, slot) VALUES (?, ?, ?, ?, ?)",
+            [fault.device, fault.code, fault.since or at, fault.detail, fault.slot],
+        )
+        self._event(at, "fault", fault.detail, fault.slot, device=fault.device, code=fault.code)
+        return True
+
+    def _clear_fault(self, at: str, device: str, code: str, detail: str, actor: str) -> bool:
+        slot = self._one("SELECT slot FROM faults WHERE device = ? AND code = ?", [device, code])
+        gone = self.db.execute(
+            "DELETE FROM faults WHERE device = ? AND code = ?", [device, code]
+        ).rowcount
+        if gone:
+            self._event(at, "fault_cleared", detail, slot, actor, device=device, code=code)
+        return bool(gone)
+
+    def _faults(self) -> list[Fault]:
+        return [
+            Fault(*row)
+            for row in self.db.execute("SELECT device, code, since, detail, slot FROM faults")
+        ]
+
+    def _event(
+        self,
+        at: str,
+        kind: str,
+        detail: str,
+        slot: int | None,
+        actor: str = "kiosk",
+        *,
+        device: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO events (at, kind, device, code, slot, detail, actor) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [at, kind, device, code, slot, detail, actor],
+        )
+
+    def _advance(self, cursor: str) -> None:
+        """The acceptor's cursor moves with the record of the event it stands after."""
+        if cursor:
+            self._set_meta("acceptor_cursor", cursor)
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])

@@ -67,7 +67,7 @@ class KioskModel:
 
     def __init__(self, on_enter: Callable[[State], None] = lambda state: None) -> None:
         self.door_open = False
-        self.faults: set[str] = set()
+        self.faults: set[tuple[str, str]] = set()  # blocking faults: (device, code)
         self.sellable = True
         self.credit_cents = 0
         self._on_enter = on_enter

@@ -108,23 +108,52 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE coins ADD COLUMN merged INTEGER NOT NULL DEFAULT 0
         """,
     ),
+    (
+        3,
+        "faults as data, structured events, profile values last applied to each slot",
+        """
+        CREATE TABLE faults (
+            device TEXT NOT NULL,
+            code TEXT NOT NULL,
+            since TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            slot INTEGER,
+            PRIMARY KEY (device, code)
+        );
+        INSERT INTO faults (device, code, since, slot)
+            SELECT 'slot_' || slot, fault, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), slot
+            FROM stock WHERE fault IS NOT NULL;
+        ALTER TABLE stock DROP COLUMN fault;
+        ALTER TABLE events ADD COLUMN device TEXT;
+        ALTER TABLE events ADD COLUMN code TEXT;
+        CREATE TABLE slot_profile (
+            slot INTEGER PRIMARY KEY REFERENCES stock(slot),
+            product TEXT NOT NULL,
+            price_cents INTEGER NOT NULL,
+            capacity INTEGER NOT NULL
+        );
+        INSERT INTO slot_profile SELECT slot, product, price_cents, capacity FROM stock
+        """,
+    ),
 ]
 
 
-def connect(path: str | Path, *, read_only: bool = False) -> Database:
+def connect(
+    path: str | Path, *, read_only: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> Database:
     """Open the ledger with the durability settings every connection needs."""
     try:
         if read_only:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000)
         else:
-            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000)
         db = Database(conn)
         if not read_only:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA journal_size_limit=4194304")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     except sqlite3.Error as err:
         raise LedgerError(f"ledger {path}: cannot open: {err}") from err
     return db

@@ -229,6 +229,9 @@ class SimCcTalkAcceptor:
         return None
 
     def close(self) -> None:
+        """Unplugged: the line goes dead for whoever has it open. Idempotent."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join()
         os.close(self._master)

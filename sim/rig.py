@@ -16,8 +16,11 @@ from kiosk.config import Config
 from kiosk.core import Controller
 from kiosk.hardware import Hardware, build_hardware
 from kiosk.ledger import Ledger
+from kiosk.machine import State
 from sim.clock import SimClock
 from sim.world import World
+
+START_LIMIT_S = 60.0  # simulated: a device that never answers makes the start-up give up
 
 
 class SimKiosk:
@@ -41,7 +44,17 @@ class SimKiosk:
         self.ledger = Ledger(self.db_path, self.clock.wall)
         self.controller = Controller(config, self.ledger, self.hardware, self.clock, self.events)
         if start:
-            self.controller.start()
+            self.start()
+
+    def start(self) -> None:
+        """Start the kiosk and run it until it has left `starting` (its acceptor reported)."""
+        self.controller.start()
+        self.clock.horizon = self.clock.now + START_LIMIT_S
+        self.controller.run(
+            until=lambda: self.controller.state is not State.STARTING or self._reached_horizon()
+        )
+        self.clock.horizon = math.inf
+        self.run_for(0)  # what the start set in motion at this instant (coins enabled)
 
     @property
     def display(self) -> tuple[str, str]:
@@ -64,11 +77,12 @@ class SimKiosk:
         self.clock.horizon = math.inf
 
     def _quiet(self) -> bool:
-        return self.clock.next_at() == math.inf and self.controller.settled and self.events.empty()
+        return not self.clock.world_pending() and self.controller.settled and self.events.empty()
 
     def _reached_horizon(self) -> bool:
-        done = self.clock.exhausted or self.clock.now >= self.clock.horizon
-        return done and self.events.empty()
+        clock = self.clock
+        reached = clock.now >= clock.horizon and clock.next_at() > clock.horizon
+        return (clock.exhausted or reached) and self.events.empty()
 
     def restarted(self) -> SimKiosk:
         """Power cut, then a new kiosk on the same ledger and world; the motors stop, and only

@@ -39,6 +39,14 @@ def event_kinds(kiosk: SimKiosk) -> list[str]:
     return [r[0] for r in kiosk.ledger.db.execute("SELECT kind FROM events ORDER BY id")]
 
 
+def event_codes(kiosk: SimKiosk) -> list[str]:
+    """The events as "kind device:code", for those that name a device."""
+    rows = kiosk.ledger.db.execute(
+        "SELECT kind, device, code FROM events WHERE device IS NOT NULL ORDER BY id"
+    )
+    return [f"{kind} {device}:{code}" for kind, device, code in rows]
+
+
 def broken_invariants(kiosk: SimKiosk) -> dict[str, list[str]]:
     """Ledger invariants, and the ledger against the world's ground truth."""
     checks = [*reports.verify(kiosk.ledger.db), ground_truth(kiosk)]

@@ -1,35 +1,24 @@
 """The ccTalk transport over a real pseudo-terminal (echo, retries, NAK and BUSY, timeouts, the
-traffic ring buffer) against the simulated acceptor and a scripted pty responder; the coin
-acceptor driver at unit level (start-up, coin ids, header 229 counter arithmetic and event classes
-with the reference vectors); random and damaged replies fuzzed with hypothesis."""
+traffic ring buffer, a port that fails or is held) against the simulated acceptor and a scripted
+pty responder; random and damaged replies fuzzed with hypothesis. The device logic is tested
+without a port in test_cctalk_session.py."""
 
 from __future__ import annotations
 
 import logging
 import os
-import select
-import threading
 import time
-import tty
 from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import Any
 
 import pytest
+from benches import Bench
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import (
-    CoinAccepted,
-    CoinRejected,
-    DeviceError,
-    DeviceFault,
-    DeviceNotice,
-    SystemClock,
-)
-from drivers.cctalk import CcTalkCoinAcceptor, CcTalkSettings, coin_value_cents, cvf_cents
+from drivers.base import DeviceError
 from drivers.cctalk_codec import HOST, Checksum, Frame, FrameParser, encode
-from drivers.cctalk_transport import NoReply, Refused, Transport
+from drivers.cctalk_transport import NoReply, PortBusy, PortGone, Refused, Transport
 from sim.cctalk_device import SimCcTalkAcceptor
 
 POLL, ACK = bytes.fromhex("02 00 01 FE FF"), bytes.fromhex("01 00 02 00 FD")
@@ -37,71 +26,6 @@ POLL, ACK = bytes.fromhex("02 00 01 FE FF"), bytes.fromhex("01 00 02 00 FD")
 
 def reply(header: int = 0, data: bytes = b"", source: int = 2) -> bytes:
     return encode(Frame(HOST, header, data, source))
-
-
-class Responder:
-    """A device on a pseudo-terminal that answers every request with scripted (delay, bytes)."""
-
-    def __init__(self, *parts: tuple[float, bytes]) -> None:
-        self.parts = list(parts)
-        self.requests = 0
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.path = os.ttyname(self._slave)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="responder", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            if not select.select([self._master], [], [], 0.01)[0]:
-                continue
-            os.read(self._master, 512)
-            self.requests += 1
-            for delay_s, data in self.parts:
-                time.sleep(delay_s)  # in the device's thread, never the test's
-                os.write(self._master, data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        os.close(self._master)
-        os.close(self._slave)
-
-
-class Bench:
-    """Opens simulated devices, responders, transports and acceptors; closes them newest first."""
-
-    def __init__(self) -> None:
-        self._opened: list[Any] = []
-
-    def keep(self, thing: Any) -> Any:
-        self._opened.append(thing)
-        return thing
-
-    def sim(self, kind: type[SimCcTalkAcceptor] = SimCcTalkAcceptor, **options: Any) -> Any:
-        return self.keep(kind(**{"echo": False, **options}))
-
-    def responder(self, *parts: tuple[float, bytes]) -> Responder:
-        return self.keep(Responder(*parts))
-
-    def transport(self, port: str, **options: Any) -> Transport:
-        # Long enough for a loaded machine; the tests that expect silence shorten it.
-        defaults = {"echo": "off", "reply_timeout_s": 0.2, "retries": 0}
-        transport = self.keep(Transport(port, 2, **{**defaults, **options}))
-        transport.open()
-        return transport
-
-    def acceptor(self, port: str, emitted: list[Any]) -> CcTalkCoinAcceptor:
-        config = CcTalkSettings(port=port, reply_timeout_ms=200, retries=1)
-        return self.keep(CcTalkCoinAcceptor(config, (1, 2, 5), SystemClock(), emitted.append))
-
-    def __enter__(self) -> Bench:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for thing in reversed(self._opened):
-            thing.close()
 
 
 @pytest.fixture
@@ -228,163 +152,6 @@ def test_a_missing_port_is_named() -> None:
         Transport("/dev/null", 2, echo="maybe")
 
 
-# --- the coin acceptor driver ------------------------------------------------------------------
-
-
-def test_start_up_reads_identity_and_the_position_table(bench: Bench) -> None:
-    ids = {1: "EU005A", 2: "EU001A", 3: "EU002A", 4: "TK000A", 9: "EU200A"}
-    device, emitted = bench.sim(coin_ids=ids), []
-    acceptor = bench.acceptor(device.path, emitted)
-    acceptor.start()
-    ident = acceptor.identity
-    assert (ident.category, ident.software, ident.comms) == ("Coin Acceptor", "SIM-1.0", "1.4.2")
-    assert ident.coin_ids[4] == "TK000A" and ident.coin_ids[16] == "......"
-    assert acceptor.values == {1: 5, 2: 1, 3: 2, 9: 200}
-    assert device.masks == 0b111 and not device.master_enabled
-    acceptor.set_accepting(True)
-    device.push_event(4, 0)  # a taught coin credited anyway: no value, so no 0 c coin
-    device.push_event(1, 0)
-    acceptor.service(time.monotonic())
-    assert [e.value_cents for e in emitted if isinstance(e, CoinAccepted)] == [5]
-    assert [e.code for e in emitted if isinstance(e, DeviceNotice)] == ["unknown_credit"]
-
-
-class NotAnAcceptor(SimCcTalkAcceptor):
-    def _handle(self, header: int, data: bytes) -> bytes | None:
-        return b"Payout" if header == 245 else super()._handle(header, data)
-
-
-def test_another_equipment_category_is_refused(bench: Bench) -> None:
-    device, emitted = bench.sim(NotAnAcceptor), []
-    with pytest.raises(DeviceError, match="'Payout', not a coin acceptor"):
-        bench.acceptor(device.path, emitted).start()
-    assert [(e.code, e.active) for e in emitted if isinstance(e, DeviceFault)] == [("lost", True)]
-
-
-@pytest.mark.parametrize(
-    ("coin_id", "cents"),
-    [("EU001A", 1), ("EU.05A", 5), ("EU.50A", 50), ("EU200A", 200), ("GB010B", 10)]
-    + [("EU10mA", 1), ("EU50mA", 5), ("EU25mA", None)]
-    + [(bad, None) for bad in ("......", "TK000A", "EU.00A", "", "eu001a", "EU01A", "EU2.5A")]
-    + [(bad, None) for bad in ("EU5m0A", "EU001AB", "\xff" * 6)],
-)
-def test_coin_values_from_coin_ids(coin_id: str, cents: int | None) -> None:
-    assert coin_value_cents(coin_id) == cents
-
-
-def test_a_table_that_writes_fractions_counts_in_euros(bench: Bench) -> None:
-    ids = {1: "EU.01A", 2: "EU.02A", 3: "EU.05A", 4: "EU.10A", 7: "EU001A", 8: "EU002A"}
-    device, emitted = bench.sim(coin_ids=ids), []
-    acceptor = bench.acceptor(device.path, emitted)
-    acceptor.start()
-    assert acceptor.values == {1: 1, 2: 2, 3: 5, 4: 10, 7: 100, 8: 200}
-    assert device.masks == 0b111  # never the 1 and 2 euro coins
-
-
-class FakeTransport:
-    """Answers every command at once: ACK, or the self-check fault for header 232."""
-
-    port_name, address = "fake", 2
-
-    def __init__(self, fault: int = 0) -> None:
-        self.fault = fault
-        self.silent: set[int] = set()
-        self.sent: list[tuple[int, bytes]] = []
-
-    def request(self, header: int, data: bytes = b"", **options: object) -> Frame:
-        self.sent.append((header, bytes(data)))
-        if header in self.silent:
-            raise NoReply(f"fake: header {header}: no reply")
-        return Frame(HOST, 0, bytes([self.fault]) if header == 232 else b"", 2)
-
-    def dump(self, reason: str) -> None:
-        self.sent.append((-1, reason.encode()))
-
-
-def unit(fault: int = 0) -> tuple[CcTalkCoinAcceptor, FakeTransport, list[Any]]:
-    emitted: list[Any] = []
-    config = CcTalkSettings(port="unused")
-    acceptor = CcTalkCoinAcceptor(config, (1, 2, 5), SystemClock(), emitted.append)
-    acceptor.transport = fake = FakeTransport(fault)  # type: ignore[assignment]
-    acceptor.values = {p: p for p in range(1, 17)}  # position p is worth p cents: order shows
-    return acceptor, fake, emitted
-
-
-BUFFER = bytes([1, 0, 2, 0, 3, 0, 4, 0, 5, 0])  # newest first: positions 1 .. 5
-
-
-@pytest.mark.parametrize(
-    ("cur", "last", "credits"),
-    [
-        (23, 23, []),
-        (104, 102, [2, 1]),
-        (1, 255, [1]),
-        (3, 253, [5, 4, 3, 2, 1]),
-        (54, 48, [5, 4, 3, 2, 1]),
-    ],
-)
-def test_new_events_from_the_counter(cur: int, last: int, credits: list[int]) -> None:
-    acceptor, _, emitted = unit()
-    acceptor._last_counter = last
-    acceptor._read_events(bytes([cur]) + BUFFER)
-    assert [e.value_cents for e in emitted if isinstance(e, CoinAccepted)] == credits
-    faults = [(e.code, e.active) for e in emitted if isinstance(e, DeviceFault)]
-    assert faults == ([("lost_events", True), ("lost_events", False)] if cur == 54 else [])
-    if cur == 54:
-        assert "1 event(s) lost (counter 48 -> 54)" in emitted[0].detail
-    assert acceptor._last_counter == cur
-
-
-def test_a_counter_back_at_zero_is_a_reset_and_inhibits_are_sent_again() -> None:
-    acceptor, fake, emitted = unit()
-    acceptor._last_counter, acceptor._accepting = 67, True
-    acceptor.values = {1: 1, 2: 2, 3: 5, 4: 10}
-    acceptor._read_events(bytes(11))
-    assert [(type(e), e.code) for e in emitted] == [(DeviceNotice, "reset")]
-    assert fake.sent == [(231, b"\x07\x00"), (228, b"\x01")]
-    assert acceptor._last_counter == 0
-
-
-# Reference table 2: class R, the coin came back (128-159: inhibited coin types 1-32), and
-# class P, the coin may be jammed or swallowed (160-191: reserved, treated as P).
-REJECTED = {1, 2, 3, *range(8, 16), 22, 24, 25, 30, 32, 33, 37, 38, *range(128, 160)}
-POSSIBLE = {4, 5, 6, 21, 34, 35, *range(160, 192)}
-
-
-def test_every_event_code_is_classified_and_never_credits() -> None:
-    acceptor, fake, emitted = unit(fault=3)
-    for code in range(256):
-        emitted.clear()
-        fake.sent.clear()
-        acceptor._fault = 0  # so that every possible jam raises the self-check fault anew
-        acceptor._read_events(bytes([code % 255 + 1, 0, code]) + bytes(8))
-        if code in REJECTED:
-            assert emitted == [CoinRejected(f"cctalk_{code}", emitted[0].detail, emitted[0].at)]
-        else:
-            assert [e.code for e in emitted] == [f"event_{code}"] * bool(code) + [
-                "self_check_3"
-            ] * (code in POSSIBLE)
-        assert fake.sent == [(232, b"")] * (code in POSSIBLE)
-        if code == 130:
-            assert emitted[0].detail == "inhibited coin (type 3)"
-
-
-def test_the_p3_appendix_11_sequence_yields_one_event_per_read() -> None:
-    acceptor, _, emitted = unit()
-    seen = []
-    for rx in (
-        "01 0B 02 00 00 00 00 00 00 00 00 00 00 00 00 F2",
-        "01 0B 02 00 01 01 05 00 00 00 00 00 00 00 00 EB",
-        "01 0B 02 00 02 01 05 01 05 00 00 00 00 00 00 E4",
-        "01 0B 02 00 03 05 05 01 05 01 05 00 00 00 00 D9",
-        "01 0B 02 00 04 00 01 05 05 01 05 01 05 00 00 D7",
-    ):
-        acceptor._read_events(bytes.fromhex(rx)[4:-1])  # data bytes of the published frame
-        seen.append([getattr(e, "value_cents", getattr(e, "reason", None)) for e in emitted])
-        emitted.clear()
-    assert seen == [[], [1], [1], [5], ["cctalk_1"]]
-
-
 # --- fuzzing ---------------------------------------------------------------------------------
 
 
@@ -420,43 +187,6 @@ def test_random_replies_only_raise_device_errors(raw: bytes) -> None:
     assert encode(frame) in raw
 
 
-@fuzz
-@given(replies)
-def test_random_replies_never_credit(raw: bytes) -> None:
-    emitted: list[Any] = []
-    with Bench() as bench:
-        config = CcTalkSettings(bench.responder((0, raw)).path, reply_timeout_ms=20, retries=0)
-        acceptor = CcTalkCoinAcceptor(config, (1, 2, 5), SystemClock(), emitted.append)
-        bench.keep(acceptor.transport).open()
-        acceptor.values, acceptor._next_poll = {p: 1 for p in range(1, 17)}, 0.0
-        acceptor.service(time.monotonic())
-    found = FrameParser().feed(raw, 0.0)
-    valid = [f for f in found if f == Frame(HOST, 0, f.data, 2) and len(f.data) == 11]
-    assert valid or not [e for e in emitted if isinstance(e, CoinAccepted)]
-    assert valid or acceptor._failures == 1  # without a real 229 reply the poll failed
-
-
-@pytest.mark.parametrize(
-    ("code", "cents"),
-    [
-        (1, 1),
-        (2, 2),
-        (5, 5),
-        (10, 10),
-        (148, 200),
-        (153, 250),
-        (178, 500),
-        (228, 1000),
-        (254, 1260),
-        (255, None),
-        (0, None),
-        (128, None),
-    ],
-)
-def test_coin_value_format_codes(code: int, cents: int | None) -> None:
-    assert cvf_cents(code) == cents
-
-
 class SlowFirstReply(SimCcTalkAcceptor):
     """Answers its first request after the host has given up on it, the rest at once."""
 
@@ -482,16 +212,6 @@ def test_a_reply_of_the_wrong_length_is_refused(bench: Bench) -> None:
         t.request(184, b"\x01", length=(11,))
 
 
-def test_a_failing_self_check_after_an_event_never_credits_twice() -> None:
-    acceptor, fake, emitted = unit()
-    fake.silent = {232}
-    data = bytes([2, 0, 6, 1, 0]) + bytes(6)  # oldest: a 1 c credit; newest: event 6 (possible)
-    acceptor._read_events(data)  # the self-check it calls for gets no answer
-    acceptor._read_events(data)  # the same reply again: nothing new
-    assert [e.value_cents for e in emitted if isinstance(e, CoinAccepted)] == [1]
-    assert acceptor._last_counter == 2
-
-
 class NeedsAPause(SimCcTalkAcceptor):
     """Ignores a command that comes less than 30 ms after its last reply."""
 
@@ -510,6 +230,27 @@ def test_a_pause_between_commands_serves_devices_that_need_one(bench: Bench) -> 
     with pytest.raises(NoReply):
         for _ in range(3):
             hasty.request(254)
+    hasty.close()
     patient = bench.transport(device.path, reply_timeout_s=0.02, command_gap_s=0.035)
     for _ in range(3):
         assert patient.request(254).is_ack
+
+
+def test_a_port_held_by_another_kiosk_is_refused_with_its_process(bench: Bench) -> None:
+    path = bench.sim().path
+    bench.transport(path)
+    second = bench.keep(Transport(path, 2))
+    with pytest.raises(PortBusy, match=f"{path} is in use by process {os.getpid()}"):
+        second.open()
+    assert not second.is_open
+
+
+def test_a_port_that_fails_under_us_is_port_gone(bench: Bench) -> None:
+    device = bench.sim()
+    t = bench.transport(device.path, reply_timeout_s=0.05)
+    assert t.request(254).is_ack
+    device.close()  # the other end of the line is gone, as when a USB interface is unplugged
+    with pytest.raises(PortGone):
+        t.request(254)
+    t.close()
+    assert not t.is_open

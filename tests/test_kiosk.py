@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import KioskMaker, with_changes
-from scenarios import broken_invariants, buy, event_kinds, pay, service_visit
+from scenarios import broken_invariants, buy, event_codes, event_kinds, pay, service_visit
 
 from kiosk.config import Config
 from kiosk.core import Refill, Shutdown
@@ -103,7 +103,8 @@ def test_a_jammed_slot_keeps_the_credit_and_is_refused(kiosk: SimKiosk) -> None:
     buy(kiosk, 3)
     assert kiosk.world.truth.delivered[3] == 1
     assert kiosk.controller.credit_cents == 5
-    assert "vend_jammed" in event_kinds(kiosk)
+    assert "vend_failed dispenser:jammed" in event_codes(kiosk)
+    assert "fault slot_1:jammed" in event_codes(kiosk)
     assert broken_invariants(kiosk) == {}
 
 

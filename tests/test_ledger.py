@@ -11,7 +11,7 @@ import pytest
 from kiosk import reports
 from kiosk.config import Config
 from kiosk.errors import LedgerError
-from kiosk.ledger import Ledger
+from kiosk.ledger import CORE_BUSY_TIMEOUT_MS, Ledger
 from kiosk.schema import MIGRATIONS, connect
 from sim.clock import SimClock
 
@@ -32,11 +32,11 @@ def failed(db_path: Path) -> dict[str, list[str]]:
 
 
 def test_every_connection_is_durable(books: Ledger, db_path: Path) -> None:
-    for db in (books.db, connect(db_path)):
+    for db, busy_ms in ((books.db, CORE_BUSY_TIMEOUT_MS), (connect(db_path), 5000)):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == busy_ms
 
 
 def test_migrations_are_recorded_once(books: Ledger, db_path: Path, clock: SimClock) -> None:
@@ -108,8 +108,11 @@ def test_a_failed_vend_charges_nothing_and_marks_the_slot(books: Ledger, db_path
     assert books.slots()[1].fault == "jammed"
     assert not books.slots()[1].sellable
     assert failed(db_path) == {}
-    assert books.clear_slot_faults("technician") == [1]
+    [cleared] = books.close_door([], "technician")
+    assert (cleared.device, cleared.code, cleared.slot) == ("slot_1", "jammed", 1)
     assert books.slots()[1].sellable
+    kinds = [r[0] for r in books.db.execute("SELECT kind FROM events ORDER BY id")]
+    assert kinds == ["vend_failed", "fault", "door_closed", "fault_cleared"]
 
 
 def test_donation_closes_the_credit(books: Ledger, db_path: Path) -> None:
@@ -141,14 +144,17 @@ def test_slot_changes_in_the_config_are_followed_and_recorded(
     books.sync_slots((cheaper, *config.slots[1:]))
     assert books.slots()[1].price_cents == 18
     detail = books.db.execute("SELECT detail FROM events WHERE kind = 'slot_changed'").fetchone()[0]
-    assert "20 c -> Cookie bio 18 c" in detail
+    assert detail == "price_cents 20 -> 18 (profile)"
 
 
 def test_refills_keep_the_stock_invariant(books: Ledger, db_path: Path) -> None:
     for _ in range(4):
         books.record_coin(5)
     books.complete_sale(books.start_vend(1, 20), "dropped")
-    assert books.refill(1, 1, "technician") == 12
+    assert books.refill(1, 2, "technician") == 1  # one fits: the spiral holds 12
+    assert books.slots()[1].quantity == 12
+    capped = books.db.execute("SELECT detail FROM events WHERE kind = 'refill_capped'")
+    assert capped.fetchone()[0] == "2 asked, 1 fit (capacity 12)"
     assert failed(db_path) == {}
 
 

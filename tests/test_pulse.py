@@ -17,7 +17,7 @@ from gpiozero import DigitalInputDevice, DigitalOutputDevice
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.base import CoinAccepted, CoinRejected, DeviceError, DeviceFault, Wake
+from drivers.base import CoinAccepted, CoinRejected, DeviceError, DeviceFault, DeviceReady
 from drivers.pulse import PulseCoinAcceptor, PulseDecoder, PulseSettings, Train
 from sim.clock import SimClock
 from sim.world import PulseCoinMech, SimFactory, Truth
@@ -256,6 +256,7 @@ def acceptor(
 ) -> Iterator[PulseCoinAcceptor]:
     device = PulseCoinAcceptor(SETTINGS, COINS, clock, events.put, factory)
     device.start()
+    assert [type(e) for e in drain(events)] == [DeviceReady]
     yield device
     device.close()
 
@@ -268,15 +269,13 @@ def mech(clock: SimClock, factory: SimFactory) -> PulseCoinMech:
 def run(
     clock: SimClock, acceptor: PulseCoinAcceptor, events: queue.Queue[Any], for_s: float
 ) -> list[Any]:
-    """Run the world and the acceptor as the core does; return the events but Wake."""
+    """Run the world and the acceptor's worker for `for_s`; return the events."""
     end = clock.now + for_s
     seen: list[Any] = []
     while clock.now < end:
-        deadline = acceptor.next_deadline()
-        seen.append(clock.wait(events, end if deadline is None else min(deadline, end)))
-        acceptor.service(clock.now)
+        seen.append(clock.wait(events, end))
     seen += drain(events)
-    return [e for e in seen if e is not None and not isinstance(e, Wake)]
+    return [e for e in seen if e is not None]
 
 
 def inhibit_asserted(factory: SimFactory) -> bool:

@@ -18,7 +18,7 @@ from conftest import drain, with_changes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import DeviceError, DeviceFault, VendFinished, VendOutcome, Wake
+from drivers.base import DeviceError, DeviceFault, VendFinished, VendOutcome
 from drivers.spiral import SpiralDispenser, SpiralPins
 from kiosk import config as config_mod
 from kiosk.config import Config
@@ -57,17 +57,13 @@ class Rig:
         return runs
 
     def run(self, limit_s: float = 60.0) -> list[Any]:
-        """Run until a VendFinished arrives or `limit_s` passes; return the events but Wake."""
+        """Run until a VendFinished arrives or `limit_s` passes; return the events."""
         end = self.clock.now + limit_s
         seen: list[Any] = []
         while self.clock.now < end and not any(isinstance(e, VendFinished) for e in seen):
-            deadline = self.dispenser.next_deadline()
-            seen.append(
-                self.clock.wait(self.events, end if deadline is None else min(deadline, end))
-            )
-            self.dispenser.service(self.clock.now)
+            seen.append(self.clock.wait(self.events, end))
             seen += drain(self.events)
-        return [e for e in seen if e is not None and not isinstance(e, Wake)]
+        return [e for e in seen if e is not None]
 
     def close(self) -> None:
         self.dispenser.close()
