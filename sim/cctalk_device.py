@@ -5,8 +5,9 @@ coin-acceptor headers a host needs (identification, coin ids, self-check, inhibi
 inhibit, 229 with its five-event buffer and 255 -> 1 counter, reset), echoes the host's bytes as a
 single-wire bus does (optional), and can take the time 9600 baud would. An inhibited or unknown
 coin is handed back with an event, never credited. Fault knobs: silence, corrupt checksums, noise
-bytes, slow replies, bursts that overflow the buffer, power cycles, any event code, a self-check
-fault. Ground truth: the coins it credited, and the events that fell off the buffer unread.
+bytes, a chattering line, slow replies, bursts that overflow the buffer, power cycles, any event
+code, a self-check fault. Ground truth: the coins it credited, and the events that fell off the
+buffer unread.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 EURO_COIN_IDS = {1: "EU001A", 2: "EU002A", 3: "EU005A", 4: "EU010A", 5: "EU020A"}
 INHIBITED_COIN, REJECT_COIN = 2, 1
+CHATTER_S = 0.005
 
 
 @dataclass
@@ -65,6 +67,7 @@ class SimCcTalkAcceptor:
         self.corrupt_replies = 0  # the next N replies carry a wrong checksum
         self.noise_bytes = 0  # garbage bytes sent before the next reply
         self.reply_delay_s = 0.0
+        self.chatter = False  # a noisy line: garbage every few ms, whatever the host sends
         self.self_check_fault = 0
         self.cvf = False  # option flag bit 0: credit codes are values, not positions
         self._rng = random.Random(seed)
@@ -151,7 +154,9 @@ class SimCcTalkAcceptor:
     def _serve(self) -> None:
         parser = FrameParser(self.checksum, source=HOST)
         while not self._stop.is_set():
-            ready, _, _ = select.select([self._master], [], [], 0.05)
+            ready, _, _ = select.select([self._master], [], [], CHATTER_S if self.chatter else 0.05)
+            if self.chatter:
+                os.write(self._master, bytes(self._rng.randrange(256) for _ in range(8)))
             if not ready:
                 continue
             try:

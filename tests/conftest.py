@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benches import Bench
 
 from kiosk import config as config_mod
 from kiosk.config import Config
@@ -42,6 +43,13 @@ def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -
                 paths.append((*prefix, name))
                 paths.extend(subcommands(sub, (*prefix, name)))
     return paths
+
+
+@pytest.fixture
+def bench() -> Iterator[Bench]:
+    """Pseudo-terminal devices, transports and acceptors, closed after the test."""
+    with Bench() as made:
+        yield made
 
 
 @pytest.fixture

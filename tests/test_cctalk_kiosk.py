@@ -11,6 +11,7 @@ import pytest
 from conftest import with_changes
 from scenarios import event_codes, event_kinds
 
+from drivers.cctalk import REOPEN_S
 from kiosk import config as config_mod
 from kiosk import reports
 from kiosk.config import Config
@@ -326,3 +327,119 @@ def test_a_reset_before_any_event_is_caught_by_the_first_refused_coin(kiosk: Sim
     kiosk.run_for(0.5)
     assert kiosk.controller.credit_cents == 5
     assert_books_match_the_device(kiosk)
+
+
+# --- a port that comes and goes, faults that outlive outages, restarts ------------------------
+
+
+def linked(kiosk_world: World, link: Path) -> World:
+    """The world's kiosk opens its acceptor through `link`, as a udev symlink would name it."""
+    kiosk_world.config = kiosk_world.config.with_acceptor(port=str(link))
+    return kiosk_world
+
+
+def test_a_port_absent_at_start_is_used_as_soon_as_it_appears(
+    start: Callable[..., SimKiosk], cctalk_config: Config, tmp_path: Path
+) -> None:
+    link = tmp_path / "ttyUSB0"
+    kiosk = start(world=linked(World(cctalk_config, SimClock()), link))
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    assert kiosk.display == ("Hors service", "Monnayeur")
+    kiosk.run_for(5)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE  # still tried, still absent
+    link.symlink_to(device(kiosk).path)  # the USB interface is enumerated at last
+    kiosk.run_for(REOPEN_S + 1)
+    assert kiosk.controller.state is State.IDLE
+    assert kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 5
+    assert "fault_cleared coin_acceptor:lost" in event_codes(kiosk)
+    assert_books_match_the_device(kiosk)
+
+
+def test_a_port_that_vanishes_is_reopened_on_the_same_path(
+    start: Callable[..., SimKiosk], cctalk_config: Config, tmp_path: Path
+) -> None:
+    link = tmp_path / "ttyUSB0"
+    world = linked(World(cctalk_config, SimClock()), link)
+    assert isinstance(world.coins, CcTalkCoinMech)
+    link.symlink_to(world.coins.device.path)
+    kiosk = start(world=world)
+    for value in (5, 2):
+        kiosk.world.insert_coin(value)
+        kiosk.run_for(0.5)
+    first = device(kiosk)
+    first.close()  # unplugged: the port fails under the driver
+    kiosk.run_for(1)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    assert not kiosk.hardware.acceptor.is_accepting
+    second = SimCcTalkAcceptor(address=2, echo=True)  # plugged in again: a new device node
+    world.coins.device = second
+    link.unlink()
+    link.symlink_to(second.path)
+    kiosk.run_for(REOPEN_S + 2)
+    assert kiosk.controller.state is State.CREDIT
+    assert second.master_enabled
+    assert kiosk.world.insert_coin(1)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 8
+    assert ledger_cents(kiosk) == first.truth.credited_cents + second.truth.credited_cents
+    assert all(c.ok for c in reports.verify(kiosk.ledger.db))
+
+
+def test_a_self_check_fault_outlives_a_line_outage(kiosk: SimKiosk) -> None:
+    dev = device(kiosk)
+    dev.self_check_fault = 3
+    dev.push_event(0, 6)
+    kiosk.run_for(0.5)
+    dev.silent = True
+    kiosk.run_for(8)  # five failed self-checks, a second apart
+    assert {"fault coin_acceptor:self_check_3", "fault coin_acceptor:lost"} <= set(
+        event_codes(kiosk)
+    )
+    dev.silent = False
+    kiosk.run_for(2)
+    assert "fault_cleared coin_acceptor:lost" in event_codes(kiosk)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE  # the self-check fault still holds
+    assert not dev.master_enabled and not kiosk.hardware.acceptor.is_accepting
+    assert not kiosk.hardware.panel.led_is_lit(1)
+    assert kiosk.display == ("Hors service", "Monnayeur")
+    dev.self_check_fault = 0
+    kiosk.run_for(1.5)
+    assert kiosk.controller.state is State.IDLE and dev.master_enabled
+    assert kiosk.world.insert_coin(2)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 2
+
+
+def test_a_restart_after_rejects_only_logs_nothing_twice(
+    kiosk: SimKiosk, start: Callable[..., SimKiosk]
+) -> None:
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    for _ in range(8):  # more rejects than the buffer holds, each read as it comes
+        assert not kiosk.world.insert_coin(10)
+        kiosk.run_for(0.5)
+    kiosk.close()
+    again = start(world=kiosk.world)
+    again.run_for(1)
+    assert event_kinds(again).count("coin_rejected") == 8
+    assert not any("lost_events" in code for code in event_codes(again))
+    assert_books_match_the_device(again)
+
+
+def test_a_reset_while_the_kiosk_was_down_is_reported_as_a_reset(
+    kiosk: SimKiosk, start: Callable[..., SimKiosk]
+) -> None:
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(0.5)
+    kiosk.close()
+    device(kiosk).power_cycle()
+    again = start(world=kiosk.world)
+    again.run_for(0.5)
+    assert "notice coin_acceptor:reset" in event_codes(again)
+    assert not any("lost_events" in code for code in event_codes(again))
+    assert again.world.insert_coin(2)
+    again.run_for(0.5)
+    assert again.controller.credit_cents == 7
+    assert_books_match_the_device(again)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 
 import pytest
@@ -26,12 +25,6 @@ POLL, ACK = bytes.fromhex("02 00 01 FE FF"), bytes.fromhex("01 00 02 00 FD")
 
 def reply(header: int = 0, data: bytes = b"", source: int = 2) -> bytes:
     return encode(Frame(HOST, header, data, source))
-
-
-@pytest.fixture
-def bench() -> Iterator[Bench]:
-    with Bench() as made:
-        yield made
 
 
 # --- transport --------------------------------------------------------------------------------
