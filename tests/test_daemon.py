@@ -1,6 +1,7 @@
 """`kiosk run` as a process: the daemon on mock pins and the simulated ccTalk acceptor on a
-pseudo-terminal, opened by path like any serial port; coins land in the ledger and SIGTERM stops
-it cleanly with coins inhibited."""
+pseudo-terminal, opened by path like any serial port; coins land in the ledger; SIGTERM and SIGHUP
+stop it cleanly with coins inhibited, even when the acceptor was just lost; a second daemon on the
+same acceptor is refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from kiosk import cli
 from kiosk.config import CONFIG_DIR
@@ -26,50 +30,118 @@ def wait_for(condition: object, what: str) -> None:
         time.sleep(0.05)
 
 
-def ledger_cents(db: Path) -> int:
+def query(db: Path, sql: str) -> int:
     if not db.exists():
         return 0
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         try:
-            return int(
-                conn.execute("SELECT coalesce(sum(value_cents), 0) FROM coins").fetchone()[0]
-            )
+            return int(conn.execute(sql).fetchone()[0] or 0)
         except sqlite3.OperationalError:
             return 0  # not migrated yet
 
 
-def test_the_daemon_takes_coins_from_a_cctalk_acceptor(tmp_path: Path) -> None:
-    device = SimCcTalkAcceptor(echo=False)
-    db = tmp_path / "kiosk.db"
-    profile = tmp_path / "bench.toml"
+def ledger_cents(db: Path) -> int:
+    return query(db, "SELECT coalesce(sum(value_cents), 0) FROM coins")
+
+
+def profile(tmp_path: Path, port: str, db: Path, name: str = "bench.toml") -> Path:
     text = (CONFIG_DIR / "cctalk-bench.toml").read_text()
-    profile.write_text(
-        text.replace('port = "/dev/ttyUSB0"', f'port = "{device.path}"').replace(
+    path = tmp_path / name
+    path.write_text(
+        text.replace('port = "/dev/ttyUSB0"', f'port = "{port}"').replace(
             'path = "bench.db"', f'path = "{db}"'
         )
     )
+    return path
+
+
+def run(config: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "PYTHONWARNINGS": "ignore"}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "kiosk.cli", "run", "-c", str(profile)],
+    return subprocess.Popen(
+        [sys.executable, "-m", "kiosk.cli", "run", "-c", str(config)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    try:
-        wait_for(lambda: device.master_enabled, "the kiosk to enable coins")
-        assert device.masks == 0b111
-        for value in (5, 2, 1):
-            assert device.insert(value)
-        wait_for(lambda: ledger_cents(db) == 8, "8 c in the ledger")
-        daemon.send_signal(signal.SIGTERM)
+
+
+class Daemons:
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[str]] = []
+
+    def __call__(self, config: Path) -> subprocess.Popen[str]:
+        self.started.append(run(config))
+        return self.started[-1]
+
+    def stop(self, daemon: subprocess.Popen[str], signum: int = signal.SIGTERM) -> str:
+        daemon.send_signal(signum)
         output, _ = daemon.communicate(timeout=TIMEOUT_S)
-    finally:
+        return output
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    made = Daemons()
+    yield made
+    for daemon in made.started:
         if daemon.poll() is None:
             daemon.kill()
             daemon.communicate()
-        device.close()
+
+
+@pytest.fixture
+def device() -> Iterator[SimCcTalkAcceptor]:
+    acceptor = SimCcTalkAcceptor(echo=False)
+    yield acceptor
+    acceptor.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_the_daemon_takes_coins_and_stops_with_coins_inhibited(
+    tmp_path: Path, device: SimCcTalkAcceptor, daemons: Daemons, signum: int
+) -> None:
+    db = tmp_path / "kiosk.db"
+    daemon = daemons(profile(tmp_path, device.path, db))
+    wait_for(lambda: device.master_enabled, "the kiosk to enable coins")
+    assert device.masks == 0b111
+    for value in (5, 2, 1):
+        assert device.insert(value)
+    wait_for(lambda: ledger_cents(db) == 8, "8 c in the ledger")
+    output = daemons.stop(daemon, signum)
     assert daemon.returncode == 0, output
     assert "Centimeo SIM-CA1 serial 12345678" in output
+    assert f"signal {signal.Signals(signum).name}: stopping" in output
     assert not device.master_enabled  # inhibited on the way out
     assert cli.main(["verify", "--db", str(db)]) == 0
+
+
+def test_a_stop_while_the_acceptor_is_lost_still_inhibits_it(
+    tmp_path: Path, device: SimCcTalkAcceptor, daemons: Daemons
+) -> None:
+    db = tmp_path / "kiosk.db"
+    daemon = daemons(profile(tmp_path, device.path, db))
+    wait_for(lambda: device.master_enabled, "the kiosk to enable coins")
+    device.silent = True
+    lost = "SELECT count(*) FROM faults WHERE device = 'coin_acceptor' AND code = 'lost'"
+    wait_for(lambda: query(db, lost) == 1, "the acceptor to be lost")
+    device.silent = False  # answering again, before the kiosk has noticed
+    output = daemons.stop(daemon)
+    assert daemon.returncode == 0, output
+    assert not device.master_enabled
+
+
+def test_a_second_daemon_on_the_same_acceptor_is_refused(
+    tmp_path: Path, device: SimCcTalkAcceptor, daemons: Daemons
+) -> None:
+    first = daemons(profile(tmp_path, device.path, tmp_path / "one.db"))
+    wait_for(lambda: device.master_enabled, "the first kiosk to enable coins")
+    second = daemons(profile(tmp_path, device.path, tmp_path / "two.db", "two.toml"))
+    output, _ = second.communicate(timeout=TIMEOUT_S)
+    assert second.returncode == 1
+    assert f"kiosk: error: ccTalk port {device.path} is in use by process {first.pid}" in output
+    assert "Traceback" not in output
+    assert device.insert(5)
+    wait_for(lambda: ledger_cents(tmp_path / "one.db") == 5, "the coin in the first ledger")
+    assert ledger_cents(tmp_path / "two.db") == 0
+    daemons.stop(first)
