@@ -7,12 +7,14 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scenarios import broken_invariants, service_visit
 
 from kiosk import config as config_mod
 from sim.rig import SimKiosk
+from sim.shoppers import simulate
 
 SLOTS = (1, 2, 3)
 
@@ -78,3 +80,27 @@ def test_random_sequences_keep_every_invariant(actions: list[tuple[str, object]]
             assert not any(kiosk.hardware.dispenser.motor_is_on(s) for s in SLOTS)
         finally:
             kiosk.shutdown()
+
+
+@pytest.mark.parametrize(("profile", "shoppers"), [("sim-pulse.toml", 40), ("sim.toml", 6)])
+def test_a_simulated_run_is_the_same_for_the_same_seed(
+    tmp_path: Path, profile: str, shoppers: int
+) -> None:
+    """Device workers run on simulated time, in order with the world: same seed, same books."""
+    config = config_mod.load(config_mod.CONFIG_DIR / profile, env={})
+    books = []
+    for run in ("a", "b"):
+        rig = SimKiosk(config, tmp_path / f"{run}.db")
+        try:
+            simulate(rig, shoppers, seed=11)
+            books.append(
+                rig.ledger.db.execute(
+                    "SELECT at, kind, device, code, slot, detail FROM events "
+                    "UNION ALL SELECT at, 'coin', NULL, NULL, NULL, value_cents FROM coins "
+                    "ORDER BY 1, 2"
+                ).fetchall()
+            )
+        finally:
+            rig.shutdown()
+    assert books[0] == books[1]
+    assert any(row[1] == "coin" for row in books[0])

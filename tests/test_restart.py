@@ -1,11 +1,16 @@
 """Power cuts: a restart on the same ledger in the middle of a credit, a vend or a donation
-countdown keeps the shopper's credit and charges nothing without a confirmed drop."""
+countdown keeps the shopper's credit and charges nothing without a confirmed drop; live prices,
+and faults, are the ledger's across restarts."""
 
 from __future__ import annotations
 
-from conftest import KioskMaker
-from scenarios import broken_invariants, event_kinds, pay
+import dataclasses
 
+import pytest
+from conftest import KioskMaker
+from scenarios import broken_invariants, event_codes, event_kinds, pay, service_visit
+
+from kiosk.config import Config
 from kiosk.machine import State
 from sim.rig import SimKiosk
 
@@ -89,3 +94,58 @@ def test_every_restart_is_counted(make_kiosk: KioskMaker, kiosk: SimKiosk) -> No
         kiosk = make_kiosk.restart(kiosk)
     boots = kiosk.ledger.db.execute("SELECT value FROM meta WHERE key = 'boot_count'").fetchone()[0]
     assert boots == "4"
+
+
+def test_a_live_price_survives_a_restart_until_the_profile_changes_it(
+    make_kiosk: KioskMaker, kiosk: SimKiosk, config: Config
+) -> None:
+    kiosk.ledger.set_price(1, 25, "technician")
+    kiosk = make_kiosk.restart(kiosk)
+    assert kiosk.controller.slots[1].price_cents == 25  # the profile's 20 c is not re-applied
+    kiosk.close()
+    cheaper = dataclasses.replace(config.slots[0], price_cents=18)
+    again = make_kiosk(dataclasses.replace(config, slots=(cheaper, *config.slots[1:])))
+    assert again.controller.slots[1].price_cents == 18  # the profile changed it: applied
+    changes = again.ledger.db.execute(
+        "SELECT detail, actor FROM events WHERE kind = 'slot_changed' ORDER BY id"
+    ).fetchall()
+    assert changes == [
+        ("price_cents 20 -> 25", "technician"),
+        ("price_cents 25 -> 18 (profile)", "config"),
+    ]
+
+
+def test_faults_are_restored_at_start_and_cleared_by_what_is_found(
+    make_kiosk: KioskMaker, kiosk: SimKiosk
+) -> None:
+    kiosk.world.jam(1)
+    pay(kiosk, 5, 5, 5, 5)
+    kiosk.world.press(1)
+    kiosk.run_for(9)
+    kiosk.world.stick_drop_sensor(True)
+    kiosk.world.press(2)
+    kiosk.run_for(1)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    kiosk.world.stick_drop_sensor(False)
+    kiosk.close()  # before the beam cleared could be seen
+    kiosk = make_kiosk.restart(kiosk)
+    active = [(f.device, f.code) for f in kiosk.ledger.faults()]
+    assert active == [("slot_1", "jammed")]  # the drop sensor is clear at start: cleared
+    assert "fault_cleared drop_sensor:blocked" in event_codes(kiosk)
+    assert kiosk.controller.slots[1].fault == "jammed"
+    assert kiosk.controller.state is State.CREDIT
+
+
+def test_an_internal_error_outlives_a_restart_until_a_service_visit(
+    make_kiosk: KioskMaker, kiosk: SimKiosk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kiosk.controller, "_on_select", lambda slot: 1 / 0)
+    kiosk.world.press(1)
+    kiosk.run_for(1)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    kiosk = make_kiosk.restart(kiosk)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    assert kiosk.display == ("Hors service", "Erreur interne")
+    service_visit(kiosk)
+    assert kiosk.controller.state is State.IDLE
+    assert kiosk.ledger.faults() == []
