@@ -1,18 +1,21 @@
 """The ledger file at start-up and the ledger lock: a ledger is created only where no file
 exists, and atomically; anything else that is not a sound kiosk ledger is refused byte for byte
-untouched (no -wal or -shm left behind); pending migrations apply all or none.
+untouched (no -wal or -shm left behind); pending migrations apply all or none; one process at a
+time holds a ledger's lock, and a dead holder's lock is taken over.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,10 @@ from typing import Any
 import pytest
 from sqlite_utils import Database
 
+from kiosk import lock as lock_mod
 from kiosk import schema
-from kiosk.errors import LedgerError
+from kiosk.errors import KioskError, LedgerError
+from kiosk.lock import LedgerBusy, LedgerLock, holder
 from kiosk.schema import MIGRATIONS, Migration, open_ledger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,3 +360,103 @@ def test_connections_carry_their_busy_timeout(tmp_path: Path) -> None:
             db.close()
     with pytest.raises(ValueError, match="read-only"):
         schema.connect(path, immutable=True)
+
+
+# --- the ledger lock ----------------------------------------------------------------------------
+
+_HOLDER = """
+import os, sys
+from kiosk.lock import LedgerLock
+LedgerLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+sys.stdin.readline()
+os._exit(0)  # dies holding the lock, without releasing it
+"""
+
+
+@contextlib.contextmanager
+def held_elsewhere(ledger: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the ledger's lock until the block ends (then it dies)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(ledger)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+        yield proc
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_the_lock_holds_the_owners_pid_until_released(tmp_path: Path) -> None:
+    ledger = tmp_path / "kiosk.db"
+    lock = LedgerLock(ledger)
+    assert holder(ledger) is None and not (tmp_path / "kiosk.db.lock").exists()
+    with lock:
+        assert lock.held
+        assert (tmp_path / "kiosk.db.lock").read_text() == f"{os.getpid()}\n"
+        assert holder(ledger) == os.getpid()
+        assert lock.acquire() is lock  # already held: nothing changes
+    assert not lock.held
+    assert holder(ledger) is None
+    assert (tmp_path / "kiosk.db.lock").read_text() == ""
+    lock.release()  # idempotent
+    assert listing(tmp_path) == ["kiosk.db.lock"]  # kept: removing it would race a new holder
+
+
+def test_a_second_process_cannot_take_a_held_lock(tmp_path: Path) -> None:
+    ledger = tmp_path / "kiosk.db"
+    with held_elsewhere(ledger) as other:
+        assert holder(ledger) == other.pid
+        with pytest.raises(LedgerBusy) as info:
+            LedgerLock(ledger).acquire()
+        assert str(info.value) == (
+            f"ledger {ledger} is in use by kiosk process {other.pid} (lock {ledger}.lock)"
+        )
+        assert info.value.pid == other.pid
+        assert isinstance(info.value, KioskError)
+    # The holder died without releasing: the kernel dropped its flock, the file still says its
+    # PID, and the lock is simply taken over.
+    assert (tmp_path / "kiosk.db.lock").read_text() == f"{other.pid}\n"
+    assert holder(ledger) is None
+    with LedgerLock(ledger):
+        assert holder(ledger) == os.getpid()
+
+
+def test_two_locks_in_one_process_exclude_each_other(tmp_path: Path) -> None:
+    with LedgerLock(tmp_path / "kiosk.db"), pytest.raises(LedgerBusy, match=str(os.getpid())):
+        LedgerLock(tmp_path / "kiosk.db").acquire()
+
+
+def test_a_passing_probe_does_not_make_the_ledger_busy(tmp_path: Path) -> None:
+    """holder() takes a shared lock for an instant; an acquirer meeting it waits it out."""
+    ledger = tmp_path / "kiosk.db"
+    lock_file = tmp_path / "kiosk.db.lock"
+    lock_file.write_text("")
+    fd = os.open(lock_file, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    timer = threading.Timer(0.02, os.close, [fd])
+    timer.start()
+    try:
+        with LedgerLock(ledger) as lock:
+            assert lock.held
+    finally:
+        timer.join()
+
+
+def test_a_lock_that_cannot_be_created_is_a_ledger_error(tmp_path: Path) -> None:
+    ledger = tmp_path / "missing" / "kiosk.db"
+    with pytest.raises(LedgerError) as info:
+        LedgerLock(ledger).acquire()
+    assert str(info.value) == (
+        f"ledger {ledger}: cannot open its lock {ledger}.lock: No such file or directory"
+    )
+    assert not isinstance(info.value, LedgerBusy)
+    assert lock_mod.lock_path(ledger) == Path(f"{ledger}.lock")
