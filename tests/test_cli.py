@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import pty
 import re
 import shutil
 import signal
@@ -17,17 +18,21 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import termios
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import subcommands
+from conftest import KioskMaker, subcommands
 
 from kiosk import cli, lock, schema
 from kiosk import config as config_mod
 from kiosk.errors import ConfigError
 from kiosk.lock import LedgerLock
 from kiosk.machine import TRANSITIONS, State
+from sim.rig import SimKiosk
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = config_mod.PULSE_PROFILE
@@ -643,3 +648,150 @@ def test_a_full_disk_under_stdout_is_an_error_without_traceback() -> None:
         done = run_into(["diagram"], full.fileno())
     assert done.returncode == 1
     assert done.stderr == "kiosk: error: cannot write the results: No space left on device\n"
+
+
+# --- the demo: its own ledger, its terminal, its signals ----------------------------------------
+
+
+def test_a_headless_run_on_an_existing_ledger_checks_what_it_added(tmp_path: Path) -> None:
+    db = tmp_path / "twice.db"
+    argv = ["demo", "--shoppers", "8", "--seed", "5", "--db", str(db), "--json"]
+    first = run_main(argv)
+    second = run_main(argv)
+    assert (first[0], second[0]) == (0, 0)
+    summaries = [json.loads(out) for _, out in (first, second)]
+    assert summaries[1]["coins_cents"] > summaries[0]["coins_cents"] > 0  # the ledger grew
+    assert summaries[1]["invariants"]["ground truth"] == []
+
+
+def test_the_headless_demo_refuses_a_profile_without_a_door(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = config_mod.CONFIG_DIR / "cctalk-bench.toml"
+    db = tmp_path / "bench.db"
+    assert cli.main(["demo", "--shoppers", "5", "-c", str(bench), "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"kiosk: error: {bench}: the headless demo needs a door switch")
+    assert "panel.door_pin" in err and f"kiosk demo -c {bench}" in err
+    assert not db.exists()
+
+
+def test_a_temporary_demo_ledger_is_memory_backed_unless_tmpdir_says_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sim import demo
+
+    memory = tmp_path / "shm"
+    memory.mkdir()
+    monkeypatch.delenv("TMPDIR", raising=False)
+    assert demo.scratch_dir(memory) == str(memory)
+    assert demo.scratch_dir(tmp_path / "none") is None
+    monkeypatch.setattr(demo, "MEMORY_FS", memory)
+    with demo._ledger_path(None) as path:
+        assert path.parent.parent == memory
+    assert listing(memory) == []
+    with demo._ledger_path(str(tmp_path / "mine.db")) as path:
+        assert path == tmp_path / "mine.db"  # an explicit --db stays where it was put
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert demo.scratch_dir(memory) is None
+
+
+def test_in_the_terminal_demo_any_other_key_cancels_a_jam(kiosk: SimKiosk) -> None:
+    from sim.demo import Screen
+
+    screen = Screen(kiosk)
+    screen.key("j")
+    screen.key("1")
+    assert (screen.note, screen.jam_next) == ("jam cancelled", False)
+    assert not kiosk.world.truth.cashbox  # the key did nothing else
+    screen.key("a")
+    assert not kiosk.world.spirals[1].jammed
+    assert screen.note == "button 1 pressed"
+    screen.key("j")
+    screen.key("a")
+    assert kiosk.world.spirals[1].jammed and screen.note == "slot 1 jammed"
+
+
+def test_the_terminal_demo_door_key_without_a_door(make_kiosk: KioskMaker) -> None:
+    from sim.demo import Screen
+
+    bench = config_mod.load(config_mod.CONFIG_DIR / "cctalk-bench.toml", env={})
+    screen = Screen(make_kiosk(bench))
+    screen.key("d")
+    assert screen.note == "this kiosk has no door switch (panel.door_pin)"
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def demo_dirs(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("kiosk-demo-*"))
+
+
+def test_sigterm_ends_a_headless_demo_and_removes_its_ledger(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")}
+    env["TMPDIR"] = str(tmp_path)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "kiosk.cli", "demo", "--shoppers", "1000000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: any(d.glob("demo.db") for d in demo_dirs(tmp_path)), "the demo ledger")
+        demo.send_signal(signal.SIGTERM)
+        _, err = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert (demo.returncode, err) == (128 + signal.SIGTERM, "")
+    assert demo_dirs(tmp_path) == []
+
+
+def test_sigterm_ends_the_terminal_demo_restoring_the_terminal(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")}
+    env.update(TMPDIR=str(tmp_path), TERM="xterm")
+    controller, terminal = pty.openpty()
+    cooked = termios.tcgetattr(terminal)
+    output = bytearray()
+
+    def read_screen() -> None:
+        with contextlib.suppress(OSError):  # EIO once the demo is gone
+            while chunk := os.read(controller, 4096):
+                output.extend(chunk)
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "kiosk.cli", "demo"],
+        cwd=ROOT,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    reader = threading.Thread(target=read_screen, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: b"state idle" in output, "the demo's screen")
+        assert len(demo_dirs(tmp_path)) == 1
+        assert termios.tcgetattr(terminal)[3] != cooked[3]  # curses: no echo, no line editing
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=30) == 128 + signal.SIGTERM
+        assert termios.tcgetattr(terminal)[3] == cooked[3]  # echo and line editing are back
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        os.close(terminal)
+        reader.join(timeout=10)
+        os.close(controller)
+    assert b"Traceback" not in output
+    assert b"\x1b[?1049l" in output  # curses left the alternate screen
+    assert demo_dirs(tmp_path) == []
