@@ -2,7 +2,12 @@
 a ledger, check a configuration.
 
 Results go to stdout, logs and errors to stderr as `kiosk: error: ...` with exit status 1
-(2 for usage errors); a traceback only with KIOSK_DEBUG=1.
+(2 for usage errors); a traceback only with KIOSK_DEBUG=1. A reader that goes away early
+(`kiosk demo --shoppers 50 | head -1`) ends the command quietly with status 141, as SIGPIPE would;
+a full disk under stdout is an error like any other.
+
+`kiosk run` and `kiosk verify` act on the installed kiosk: without `-c` they read $KIOSK_CONFIG,
+else /etc/kiosk/kiosk.toml, and never fall back to the simulator's profile.
 """
 
 from __future__ import annotations
@@ -11,34 +16,30 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO, cast
 
 from drivers.base import DeviceError
 from kiosk import config as config_mod
-from kiosk import reports
+from kiosk import lock, reports, schema
 from kiosk.errors import KioskError, LedgerError
 
 log = logging.getLogger(__name__)
 
 
-def _config_path(value: str | None, default: Path = config_mod.DEFAULT_PROFILE) -> Path:
-    return Path(value or os.environ.get("KIOSK_CONFIG") or default)
-
-
-def _load(
-    args: argparse.Namespace, default: Path = config_mod.DEFAULT_PROFILE
-) -> config_mod.Config:
-    overrides = {"ledger.path": args.db} if getattr(args, "db", None) else {}
-    return config_mod.load(_config_path(args.config, default), **overrides)
+def _load(args: argparse.Namespace, fallback: Path) -> config_mod.Config:
+    overrides = {"ledger.path": args.db} if getattr(args, "db", None) is not None else {}
+    return config_mod.load(config_mod.find_profile(args.config, fallback), **overrides)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kiosk.daemon import run_daemon
 
-    return run_daemon(_load(args))
+    return run_daemon(_load(args, config_mod.SYSTEM_PROFILE))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -47,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.shoppers is not None:
         config = _load(args, config_mod.PULSE_PROFILE)
         return demo.headless(config, args.shoppers, args.seed, args.db, as_json=args.json)
-    return demo.interactive(_load(args), args.db)
+    return demo.interactive(_load(args, config_mod.DEFAULT_PROFILE), args.db)
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
@@ -58,18 +59,13 @@ def cmd_diagram(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from kiosk.schema import connect
-
-    path = Path(args.db) if args.db else Path(_load(args).ledger.path)
-    if not path.exists():
+    if args.db is not None:
+        path = Path(args.db)
+    else:
+        path = Path(_load(args, config_mod.SYSTEM_PROFILE).ledger.path)
+    if not os.path.lexists(path):
         raise KioskError(f"ledger {path} does not exist")
-    db = connect(path, read_only=True)
-    try:
-        checks = reports.verify(db)
-    except sqlite3.Error as err:  # a database, but not a kiosk ledger
-        raise LedgerError(f"ledger {path}: cannot verify: {err}") from err
-    finally:
-        db.close()
+    checks = verify_read_only(path)
     if args.json:
         print(json.dumps({c.name: c.differences for c in checks}, indent=2))
     else:
@@ -78,6 +74,57 @@ def cmd_verify(args: argparse.Namespace) -> int:
             for line in check.differences:
                 print(f"  {line}")
     return 0 if all(c.ok for c in checks) else 1
+
+
+def verify_read_only(path: Path) -> list[reports.Check]:
+    """The invariant checks, on a ledger that may be on read-only media or in use by a daemon,
+    creating no file beside it.
+
+    A plain read-only SQLite connection to a WAL ledger creates its -wal and -shm files when they
+    are missing (and leaves them), and fails where the directory is read-only. An immutable one
+    creates nothing and takes no locks, but reads the main file alone: right only when no -wal
+    holds commits (none exists) and no daemon can write meanwhile (nobody holds the ledger lock).
+    Then the file is read as immutable, and if its identity, size or mtime changed by the end,
+    or a -wal or a lock holder appeared, the read is done again the ordinary way. Otherwise (a
+    daemon running, or one that crashed and left its -wal) the ordinary read-only connection is
+    used: the -wal and -shm files it needs are already there.
+    """
+    quiet = _quiet_state(path)
+    if quiet is not None:
+        try:
+            checks = _checks(path, immutable=True)
+        except LedgerError:
+            if _quiet_state(path) == quiet:
+                raise
+        else:
+            if _quiet_state(path) == quiet:
+                return checks
+    return _checks(path, immutable=False)
+
+
+def _quiet_state(path: Path) -> tuple[int, int, int] | None:
+    """The file's (inode, size, mtime) while nothing can be writing it, else None."""
+    if any(os.path.lexists(f"{path}{suffix}") for suffix in ("-wal", "-journal")):
+        return None
+    if lock.holder(path) is not None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # gone or unreadable: the ordinary read says why
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _checks(path: Path, *, immutable: bool) -> list[reports.Check]:
+    schema.check_header(path)
+    db = schema.connect(path, read_only=True, immutable=immutable)
+    try:
+        schema.check_ledger(db, path)
+        return reports.verify(db)
+    except sqlite3.Error as err:  # a kiosk ledger, but not one these checks can read
+        raise LedgerError(f"ledger {path}: cannot verify: {err}") from err
+    finally:
+        db.close()
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -97,20 +144,21 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    def config_option(p: argparse.ArgumentParser) -> None:
+    def config_option(p: argparse.ArgumentParser, default: str) -> None:
         p.add_argument(
             "-c",
             "--config",
             metavar="FILE",
-            help="configuration profile (default: $KIOSK_CONFIG or config/sim.toml)",
+            help=f"configuration profile (default: $KIOSK_CONFIG, else {default})",
         )
 
+    installed = str(config_mod.SYSTEM_PROFILE)
     p = add("run", "run the kiosk daemon on the configured hardware", cmd_run)
-    config_option(p)
+    config_option(p, installed)
     p.add_argument("--db", metavar="PATH", help="ledger file (overrides ledger.path)")
 
     p = add("demo", "run the kiosk on the simulator", cmd_demo)
-    config_option(p)
+    config_option(p, "config/sim.toml")
     p.add_argument("--db", metavar="PATH", help="ledger file (default: a temporary one)")
     p.add_argument(
         "--shoppers",
@@ -125,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
     add("diagram", "print the state machine as a mermaid diagram", cmd_diagram)
 
     p = add("verify", "check the ledger's money, cash box and stock invariants", cmd_verify)
-    config_option(p)
+    config_option(p, installed)
     p.add_argument("--db", metavar="PATH", help="ledger file (default: ledger.path)")
     p.add_argument("--json", action="store_true", help="differences as JSON")
 
@@ -139,25 +187,84 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class _OutputFailed(Exception):
+    """Writing the results failed (a closed pipe, a full disk): not the command's own error."""
+
+    def __init__(self, err: OSError) -> None:
+        super().__init__(err.strerror or str(err))
+        self.err = err
+
+
+class _Stdout:
+    """sys.stdout while a command runs, telling a failed write of its results from any other
+    OSError the command might meet."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as err:
+            raise _OutputFailed(err) from err
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as err:
+            raise _OutputFailed(err) from err
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    debug = os.environ.get("KIOSK_DEBUG") == "1"
     if args.command != "run":  # the daemon configures its own logging
-        debug = os.environ.get("KIOSK_DEBUG") == "1"
         logging.basicConfig(
             level=logging.DEBUG if debug else logging.ERROR,
             format="kiosk: %(levelname)s: %(name)s: %(message)s",
         )
     if args.command == "demo" and args.shoppers is not None and args.shoppers < 0:
         parser().error("--shoppers must be 0 or more")
+    stdout = sys.stdout
+    sys.stdout = cast(TextIO, _Stdout(stdout))
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe or a full disk shows here, not after main returns
+        return status
+    except _OutputFailed as failed:
+        _discard(stdout)
+        if isinstance(failed.err, BrokenPipeError):
+            return 128 + signal.SIGPIPE  # the reader went away: quietly, as SIGPIPE would
+        if debug:
+            raise
+        print(f"kiosk: error: cannot write the results: {failed}", file=sys.stderr)
+        return 1
     except (KioskError, DeviceError) as err:
-        if os.environ.get("KIOSK_DEBUG") == "1":
+        if debug:
             raise
         print(f"kiosk: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        sys.stdout = stdout
+
+
+def _discard(stdout: TextIO) -> None:
+    """Point stdout's descriptor at /dev/null: the interpreter's last flush at exit then has
+    nowhere to fail (and nothing more to say)."""
+    try:
+        fd = stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a test's capture, or already closed
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Sections are the architecture: [kiosk], [credit], [ledger], [display], [panel], [dispenser],
 [[slots]] and [coin_acceptor] (whose keys belong to the driver it names). Every key is checked
 against the dataclass field it fills: unknown keys, wrong types, out-of-range values, duplicate
-pins and duplicate slots are a ConfigError naming the file, the key and the reason.
+pins and duplicate slots are a ConfigError naming the file, the key and the reason; an empty
+string is an error too, unless the field's metadata says `allow_empty`. A value that came from a
+KIOSK_* environment variable is named by that variable instead of the file.
 Precedence: command-line flag > KIOSK_<SECTION>_<KEY> environment variable > file > default.
 """
 
@@ -15,7 +17,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,10 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 DEFAULT_PROFILE = CONFIG_DIR / "sim.toml"
 # Headless runs of hours of simulated time: a pulse acceptor costs no serial round trips.
 PULSE_PROFILE = CONFIG_DIR / "sim-pulse.toml"
+# The installed kiosk's profile, for `kiosk run` and the technician's commands.
+SYSTEM_PROFILE = Path("/etc/kiosk/kiosk.toml")
+PROFILE_ENV = "KIOSK_CONFIG"
+COMMAND_LINE = "command line"
 LANGUAGES = ("fr", "en")
 LEFTOVER_POLICIES = ("keep", "donate")
 
@@ -43,7 +49,7 @@ class KioskSection:
 class CreditSection:
     inactivity_timeout_s: float = field(default=60.0, metadata={"min": 5.0, "max": 3600.0})
     leftover: str = field(default="keep", metadata={"choices": LEFTOVER_POLICIES})
-    beneficiary: str = ""
+    beneficiary: str = field(default="", metadata={"allow_empty": True})
     donation_countdown_s: float = field(default=5.0, metadata={"min": 1.0, "max": 60.0})
 
 
@@ -127,6 +133,45 @@ SECTIONS: dict[str, type] = {
 ENV_SECTIONS = (*SECTIONS, "coin_acceptor")
 
 
+def find_profile(flag: str | None, fallback: Path, env: Mapping[str, str] | None = None) -> Path:
+    """The profile to load: `-c FILE`, else $KIOSK_CONFIG, else `fallback` where it exists.
+
+    For `kiosk run` the fallback is SYSTEM_PROFILE, never the simulator's profile: a kiosk
+    started without its configuration stops and says where it looked.
+    """
+    if flag is not None:
+        return Path(flag)
+    named = (os.environ if env is None else env).get(PROFILE_ENV)
+    if named:
+        if not Path(named).is_file():
+            raise ConfigError(f"{PROFILE_ENV}={named}: no such file")
+        return Path(named)
+    if fallback.is_file():
+        return fallback
+    raise ConfigError(
+        f"no configuration: {fallback} does not exist and {PROFILE_ENV} is not set "
+        "(or pass -c FILE)"
+    )
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where values came from: the file, except keys set by the environment or a flag."""
+
+    file: str
+    origins: Mapping[str, str] = field(default_factory=dict)  # "section.key" -> variable
+
+    def of(self, *keys: str) -> str:
+        """The variables that set any of `keys` (or a table above one), else the file."""
+        named = []
+        for key in keys:
+            while key:
+                if key in self.origins:
+                    named.append(self.origins[key])
+                key = key.rpartition(".")[0]
+        return ", ".join(dict.fromkeys(named)) or self.file
+
+
 def load(path: str | Path, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     """Read a profile; `overrides` maps "section.key" to a value given on the command line."""
     path = Path(path)
@@ -137,21 +182,26 @@ def load(path: str | Path, env: Mapping[str, str] | None = None, **overrides: An
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
     except ValueError as err:  # TOMLDecodeError, UnicodeDecodeError, an over-long integer
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    _apply_environment(data, os.environ if env is None else env, str(path))
+    origins: dict[str, str] = {}
+    for name, dotted, value in _environment(os.environ if env is None else env):
+        _override(data, dotted, value, name)
+        origins[dotted] = name
     for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        _override(data, section, key, value, str(path))
-    return parse(data, str(path))
+        _override(data, dotted, value, COMMAND_LINE)
+        origins[dotted] = COMMAND_LINE
+    return _parse(data, _Source(str(path), origins))
 
 
-def _override(data: dict[str, Any], section: str, key: str, value: Any, source: str) -> None:
+def _override(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
+    section, _, key = dotted.partition(".")
     table = data.setdefault(section, {})
     if not isinstance(table, dict):
-        raise ConfigError(f"{source}: {section}: must be a table to set {section}.{key}")
+        raise ConfigError(f"{origin}: {section}: must be a table to set {dotted}")
     table[key] = value
 
 
-def _apply_environment(data: dict[str, Any], env: Mapping[str, str], source: str) -> None:
+def _environment(env: Mapping[str, str]) -> Iterable[tuple[str, str, Any]]:
+    """(variable, "section.key", value) for each KIOSK_<SECTION>_<KEY> variable."""
     for name, raw in env.items():
         if not name.startswith("KIOSK_"):
             continue
@@ -159,84 +209,96 @@ def _apply_environment(data: dict[str, Any], env: Mapping[str, str], source: str
         section = next((s for s in ENV_SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
             continue
-        key = rest[len(section) + 1 :]
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
         except ValueError:
             value = raw
-        _override(data, section, key, value, source)
+        yield name, f"{section}.{rest[len(section) + 1 :]}", value
 
 
 def parse(data: dict[str, Any], source: str) -> Config:
+    return _parse(data, _Source(source))
+
+
+def _parse(data: dict[str, Any], src: _Source) -> Config:
     known = {*SECTIONS, "slots", "coin_acceptor"}
     for key in data:
         if key not in known:
             raise ConfigError(
-                f"{source}: {key}: unknown section (known: {', '.join(sorted(known))})"
+                f"{src.of(key)}: {key}: unknown section (known: {', '.join(sorted(known))})"
             )
     sections = {
-        name: _build(cls, _table(data, name, source), name, source)
-        for name, cls in SECTIONS.items()
+        name: _build(cls, _table(data, name, src), name, src) for name, cls in SECTIONS.items()
     }
     raw_slots = data.get("slots", [])
     if not isinstance(raw_slots, list) or not raw_slots:
-        raise ConfigError(f"{source}: slots: at least one [[slots]] table is required")
+        raise ConfigError(f"{src.file}: slots: at least one [[slots]] table is required")
     slots = tuple(
-        _build(SlotConfig, _as_table(raw, f"slots[{i}]", source), f"slots[{i}]", source)
+        _build(SlotConfig, _as_table(raw, f"slots[{i}]", src), f"slots[{i}]", src)
         for i, raw in enumerate(raw_slots)
     )
-    acceptor = _coin_acceptor(_table(data, "coin_acceptor", source), sections["kiosk"], source)
-    config = Config(source=source, slots=slots, coin_acceptor=acceptor, **sections)
-    _check_whole(config)
+    acceptor = _coin_acceptor(_table(data, "coin_acceptor", src), sections["kiosk"], src)
+    config = Config(source=src.file, slots=slots, coin_acceptor=acceptor, **sections)
+    _check_whole(config, src)
     return config
 
 
-def _table(data: dict[str, Any], name: str, source: str) -> dict[str, Any]:
-    return _as_table(data.get(name, {}), name, source)
+def _table(data: dict[str, Any], name: str, src: _Source) -> dict[str, Any]:
+    return _as_table(data.get(name, {}), name, src)
 
 
-def _as_table(value: Any, where: str, source: str) -> dict[str, Any]:
+def _as_table(value: Any, where: str, src: _Source) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigError(f"{source}: {where}: must be a table")
+        raise ConfigError(f"{src.of(where)}: {where}: must be a table")
     return value
 
 
-def _coin_acceptor(table: dict[str, Any], kiosk: KioskSection, source: str) -> CoinAcceptorSection:
+def _coin_acceptor(table: dict[str, Any], kiosk: KioskSection, src: _Source) -> CoinAcceptorSection:
     table = dict(table)
     driver = table.pop("driver", None)
     if not isinstance(driver, str) or driver not in ACCEPTOR_DRIVERS:
         raise ConfigError(
-            f"{source}: coin_acceptor.driver: must be one of {', '.join(ACCEPTOR_DRIVERS)} "
-            f"(got {driver!r})"
+            f"{src.of('coin_acceptor.driver')}: coin_acceptor.driver: must be one of "
+            f"{', '.join(ACCEPTOR_DRIVERS)} (got {driver!r})"
         )
-    settings = _build(acceptor_settings_class(driver), table, "coin_acceptor", source)
+    # The driver decides which keys belong here: a driver set from the environment is named
+    # in errors about the file's keys too.
+    settings = _build(
+        acceptor_settings_class(driver), table, "coin_acceptor", src, "coin_acceptor.driver"
+    )
     check = getattr(settings, "check_coins", None)
     if check is not None:
         try:
             check(kiosk.accepted_coins_cents)
         except ValueError as err:
-            raise ConfigError(f"{source}: coin_acceptor.{err}") from err
+            keys = ["kiosk.accepted_coins_cents", *(f"coin_acceptor.{k}" for k in table)]
+            raise ConfigError(f"{src.of(*keys)}: coin_acceptor.{err}") from err
     return CoinAcceptorSection(driver, settings)
 
 
-def _build(cls: type, table: dict[str, Any], where: str, source: str) -> Any:
+def _build(cls: type, table: dict[str, Any], where: str, src: _Source, *causes: str) -> Any:
+    """`cls` from a table; `causes` are other keys whose origin an error here also names."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in table:
         if key not in fields:
-            raise ConfigError(f"{source}: {where}.{key}: unknown key (known: {', '.join(fields)})")
+            raise ConfigError(
+                f"{src.of(f'{where}.{key}', *causes)}: {where}.{key}: unknown key "
+                f"(known: {', '.join(fields)})"
+            )
     values: dict[str, Any] = {}
     for name, f in fields.items():
         key = f"{where}.{name}"
         if name not in table:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{source}: {key}: missing")
+                raise ConfigError(f"{src.of(*causes)}: {key}: missing")
             continue
-        values[name] = _check_value(table[name], hints[name], f.metadata, key, source)
+        values[name] = _check_value(table[name], hints[name], f.metadata, key, src.of(key))
     try:
         return cls(**values)
-    except ValueError as err:
-        raise ConfigError(f"{source}: {where}.{err}") from err
+    except ValueError as err:  # a check across the section's keys, in the class itself
+        keys = [f"{where}.{k}" for k in table]
+        raise ConfigError(f"{src.of(*keys, *causes)}: {where}.{err}") from err
 
 
 def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str, source: str) -> Any:
@@ -279,6 +341,9 @@ def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str, sourc
         raise fail(f"must be {_type_name(hint)}")
     if hint is float and not math.isfinite(value):
         raise fail("must be a finite number")  # NaN would slip past every range check
+    # A blank port, path or product name is a mistake found only later, far from the file.
+    if hint is str and not value.strip() and not meta.get("allow_empty"):
+        raise fail("must not be empty")
     if "min" in meta and value < meta["min"]:
         raise fail(f"must be at least {meta['min']}")
     if "max" in meta and value > meta["max"]:
@@ -294,21 +359,25 @@ def _type_name(hint: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
-def _check_whole(config: Config) -> None:
-    src = config.source
+def _check_whole(config: Config, src: _Source) -> None:
     seen_slots: set[int] = set()
     for i, slot in enumerate(config.slots):
         if slot.id in seen_slots:
-            raise ConfigError(f"{src}: slots[{i}].id: slot {slot.id} is defined twice")
+            raise ConfigError(f"{src.file}: slots[{i}].id: slot {slot.id} is defined twice")
         seen_slots.add(slot.id)
         if slot.initial_quantity is not None and slot.initial_quantity > slot.capacity:
-            raise ConfigError(f"{src}: slots[{i}].initial_quantity: more than the capacity")
-    if config.credit.leftover == "donate" and not config.credit.beneficiary:
-        raise ConfigError(f'{src}: credit.beneficiary: required when leftover = "donate"')
+            raise ConfigError(f"{src.file}: slots[{i}].initial_quantity: more than the capacity")
+    if config.credit.leftover == "donate" and not config.credit.beneficiary.strip():
+        raise ConfigError(
+            f"{src.of('credit.beneficiary', 'credit.leftover')}: credit.beneficiary: "
+            'required when leftover = "donate"'
+        )
     owners: dict[int, str] = {}
     for key, pin in _pins(config):
         if pin in owners:
-            raise ConfigError(f"{src}: {key}: GPIO{pin} is already used by {owners[pin]}")
+            raise ConfigError(
+                f"{src.of(key, owners[pin])}: {key}: GPIO{pin} is already used by {owners[pin]}"
+            )
         owners[pin] = key
 
 

@@ -20,6 +20,8 @@ from kiosk.config import Config
 from kiosk.core import Controller, Shutdown
 from kiosk.hardware import build_hardware
 from kiosk.ledger import Ledger
+from kiosk.lock import LedgerLock
+from kiosk.pins import pin_factory
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,17 @@ def run_daemon(config: Config) -> int:
         level=logging.DEBUG if os.environ.get("KIOSK_DEBUG") == "1" else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One daemon per ledger, decided before any port or pin is touched; held for its life.
+    with LedgerLock(config.ledger.path):
+        return _run(config, pin_factory())
+
+
+def _run(config: Config, pins: Any) -> int:
     clock = SystemClock()
     events: queue.Queue[Any] = queue.Queue()
     ledger = Ledger(config.ledger.path, clock.wall)
     try:
-        hardware = build_hardware(config, clock, events.put)
+        hardware = build_hardware(config, clock, events.put, pins)
     except BaseException:
         ledger.close()
         raise

@@ -19,11 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from kiosk.config import SlotConfig
 from kiosk.errors import LedgerError
-from kiosk.schema import connect, migrate
+from kiosk.schema import open_ledger, schema_version
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +76,8 @@ class Ledger:
     def __init__(self, path: str | Path, now: Callable[[], datetime]) -> None:
         self.path = str(path)
         self._now = now
-        self.db: Database = connect(path, busy_timeout_ms=CORE_BUSY_TIMEOUT_MS)
-        ok = self.db.execute("PRAGMA quick_check").fetchone()[0]
-        if ok != "ok":
-            raise LedgerError(f"ledger {path}: quick_check failed: {ok}")
-        self.schema_version = migrate(self.db)
+        self.db, self.created = open_ledger(path, busy_timeout_ms=CORE_BUSY_TIMEOUT_MS)
+        self.schema_version = schema_version(self.db, path)
 
     def close(self) -> None:
         self.db.close()
@@ -106,12 +101,15 @@ class Ledger:
 
     def boot(self, kiosk_id: str) -> int:
         """Record a start; the ledger belongs to one kiosk. Returns the boot count."""
-        with self._tx():
+        with self._tx() as at:
             owner = self._one("SELECT value FROM meta WHERE key = 'kiosk_id'")
             if owner is None:
                 self.db.execute("INSERT INTO meta VALUES ('kiosk_id', ?)", [kiosk_id])
             elif owner != kiosk_id:
                 raise LedgerError(f"ledger {self.path} belongs to kiosk {owner}, not {kiosk_id}")
+            if self.created:
+                self._event(at, "ledger_created", f"new ledger {self.path}", None)
+                self.created = False
             boots = int(self._one("SELECT value FROM meta WHERE key = 'boot_count'") or 0) + 1
             self._set_meta("boot_count", str(boots))
         return boots

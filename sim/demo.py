@@ -1,8 +1,12 @@
 """`kiosk demo`: the kiosk on the simulator, headless with random shoppers or in the terminal.
 
 Interactive keys: 1 2 5 insert a coin, a b c ... press a slot button, x cancel, d open or close
-the door, j then a slot key jams that slot, q quit; with a ccTalk acceptor also s (silence it or
-wake it) and r (power-cycle it). Simulated time follows the wall clock.
+the door, j then a slot key jams that slot (any other key cancels the j), q quit; with a ccTalk
+acceptor also s (silence it or wake it) and r (power-cycle it). Simulated time follows the wall
+clock.
+
+Without --db the ledger is temporary, on a memory-backed filesystem where there is one; SIGTERM
+and SIGHUP end either demo like a quit: the terminal is restored and the temporary ledger removed.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import curses
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from kiosk import reports
@@ -25,6 +32,24 @@ from sim.shoppers import Outcome, simulate
 from sim.world import CcTalkCoinMech
 
 SLOT_KEYS = "abcdefghijklmnop"
+MEMORY_FS = Path("/dev/shm")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def scratch_dir(memory_fs: Path | None = None) -> str | None:
+    """Where a throwaway ledger goes: $TMPDIR when the user set one, else a memory-backed
+    filesystem where there is one, else the system's temporary directory (None).
+
+    Every commit of the ledger is fsynced (synchronous=FULL): on a disk shared with other work,
+    those waits made `--shoppers 2000` ten times slower. A demo's ledger need not survive a
+    power cut; an explicit --db stays where the user put it.
+    """
+    if os.environ.get("TMPDIR"):
+        return None
+    memory_fs = memory_fs or MEMORY_FS
+    if memory_fs.is_dir() and os.access(memory_fs, os.W_OK | os.X_OK):
+        return str(memory_fs)
+    return None
 
 
 @contextlib.contextmanager
@@ -32,14 +57,38 @@ def _ledger_path(db: str | None) -> Iterator[Path]:
     if db:
         yield Path(db)
         return
-    with tempfile.TemporaryDirectory(prefix="kiosk-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kiosk-demo-", dir=scratch_dir()) as tmp:
         yield Path(tmp) / "demo.db"
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM or SIGHUP unwind the demo as an exception would, through every `finally`: curses
+    restores the terminal, the kiosk shuts down, the temporary ledger directory goes."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def headless(
     config: Config, shoppers: int, seed: int, db: str | None, *, as_json: bool = False
 ) -> int:
-    with _ledger_path(db) as path:
+    if config.panel.door_pin is None:
+        # The simulated technician repairs and refills through the door (maintenance is the only
+        # state that takes a refill); a run without one would sell out and stay out of service.
+        raise KioskError(
+            f"{config.source}: the headless demo needs a door switch (panel.door_pin) for the "
+            f"technician's visits; try this profile by hand with `kiosk demo -c {config.source}` "
+            "in a terminal, or run --shoppers on config/sim.toml (also ccTalk)"
+        )
+    with _stopped_by_signals(), _ledger_path(db) as path:
         rig = SimKiosk(config, path)
         try:
             outcome = simulate(rig, shoppers, seed)
@@ -112,16 +161,18 @@ def summary(o: Outcome, config: Config, shoppers: int, seed: int) -> str:
 def interactive(config: Config, db: str | None) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise KioskError("kiosk demo needs a terminal; for a headless run use --shoppers N")
-    with _ledger_path(db) as path:
+    with _stopped_by_signals(), _ledger_path(db) as path:
         rig = SimKiosk(config, path)
         try:
-            curses.wrapper(_Screen(rig).loop)
+            curses.wrapper(Screen(rig).loop)
         finally:
             rig.shutdown()
     return 0
 
 
-class _Screen:
+class Screen:
+    """The terminal demo: keys in, the kiosk's display, slots and ledger out."""
+
     def __init__(self, rig: SimKiosk) -> None:
         self.rig = rig
         self.slot_keys = {SLOT_KEYS[i]: s.id for i, s in enumerate(rig.config.slots)}
@@ -143,6 +194,11 @@ class _Screen:
 
     def key(self, key: str) -> None:
         world = self.rig.world
+        if self.jam_next and key not in self.slot_keys:
+            # The key answered "jam which slot?": it cancels the jam and does nothing else.
+            self.jam_next = False
+            self.note = "jam cancelled"
+            return
         if key in "125":
             accepted = world.insert_coin(int(key))
             self.note = f"{key} c coin " + ("accepted" if accepted else "handed back")
@@ -158,6 +214,8 @@ class _Screen:
         elif key == "x":
             world.cancel()
             self.note = "cancel pressed"
+        elif key == "d" and world.door is None:
+            self.note = "this kiosk has no door switch (panel.door_pin)"
         elif key == "d":
             if world.door_open:
                 world.close_door()
@@ -206,7 +264,8 @@ class _Screen:
             f"  {at[11:19]} {what:<18} {'' if s is None else 'slot ' + str(s)} {detail}"
             for at, what, s, detail in reports.recent_events(rig.ledger.db, 6)
         ]
-        keys = "keys: 1 2 5 coin  a b c.. slot  x cancel  d door  j jam  q quit"
+        door = "  d door" if rig.world.door is not None else ""
+        keys = f"keys: 1 2 5 coin  a b c.. slot  x cancel{door}  j jam  q quit"
         if isinstance(rig.world.coins, CcTalkCoinMech):
             keys += "  s silence  r reset acceptor"
         rows += ["", keys, self.note]

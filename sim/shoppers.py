@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from sqlite_utils import Database
+
 from kiosk import reports
 from kiosk.core import Refill
 from kiosk.machine import State
@@ -232,18 +234,37 @@ class Outcome:
         return all(c.ok for c in self.checks)
 
 
-def ground_truth(rig: SimKiosk) -> reports.Check:
+@dataclass(frozen=True)
+class LedgerMark:
+    """What the ledger held before a run: the world's truth covers this run only, so it is
+    compared with what the run added (a headless run may continue an existing --db)."""
+
+    coins_cents: int = 0
+    sales_by_slot: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, db: Database) -> LedgerMark:
+        return cls(reports.totals(db).coins_cents, _sales_by_slot(db))
+
+
+def _sales_by_slot(db: Database) -> dict[int, int]:
+    return dict(db.execute("SELECT slot, count(*) FROM sales GROUP BY slot").fetchall())
+
+
+def ground_truth(rig: SimKiosk, before: LedgerMark | None = None) -> reports.Check:
     """The ledger against the world: every coin in the cash box is counted, and no slot has sold
-    more products than fell from it."""
+    more products than fell from it, since `before`."""
+    before = before or LedgerMark()
     check = reports.Check("ground truth")
     truth, db = rig.world.truth, rig.ledger.db
-    counted = reports.totals(db).coins_cents
+    counted = reports.totals(db).coins_cents - before.coins_cents
     if truth.cashbox_cents != counted:
         check.differences.append(
             f"the cash box holds {truth.cashbox_cents} c, the ledger counts {counted} c"
+            + (" in this run" if before.coins_cents else "")
         )
-    sold = dict(db.execute("SELECT slot, count(*) FROM sales GROUP BY slot").fetchall())
-    for slot, sales in sorted(sold.items()):
+    for slot, sales in sorted(_sales_by_slot(db).items()):
+        sales -= before.sales_by_slot.get(slot, 0)
         if sales > truth.delivered[slot]:
             check.differences.append(
                 f"slot {slot}: {sales} sales but {truth.delivered[slot]} products fell"
@@ -253,11 +274,12 @@ def ground_truth(rig: SimKiosk) -> reports.Check:
 
 def simulate(rig: SimKiosk, shoppers: int, seed: int) -> Outcome:
     started = time.perf_counter()
+    before = LedgerMark.of(rig.ledger.db)
     population = Population(rig, shoppers, seed)
     population.run()
     wall_s = time.perf_counter() - started
     db = rig.ledger.db
-    checks = [*reports.verify(db), ground_truth(rig)]
+    checks = [*reports.verify(db), ground_truth(rig, before)]
     truth = rig.world.truth
     totals = reports.totals(db)
     return Outcome(

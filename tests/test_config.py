@@ -213,6 +213,10 @@ BAD_VALUES = [
     (PULSES, {"one": 2, "2": 4, "5": 10}, "keys must be int"),
     (PULSES, {}, "must be a non-empty table"),
     ("coin_acceptor.end_gap_ms", 150, "longer than the longest gap inside a train"),
+    ("ledger.path", "", "must not be empty"),
+    ("ledger.path", " \t", "must not be empty"),
+    ("kiosk.name", "", "must not be empty"),
+    ("slots[1].product", "", "must not be empty"),
 ]
 
 
@@ -255,6 +259,22 @@ def test_a_pin_used_twice_names_both_keys(
 def test_keep_policy_needs_no_beneficiary(tmp_path: Path) -> None:
     data = edited(edited(SIM_DATA, "credit.beneficiary", DELETE), "credit.leftover", "keep")
     assert config_mod.load(write_profile(tmp_path, data), env={}).credit.beneficiary == ""
+    data = edited(data, "credit.beneficiary", "")  # its metadata allows an empty string
+    assert config_mod.load(write_profile(tmp_path, data), env={}).credit.beneficiary == ""
+
+
+CCTALK = config_mod.DEFAULT_PROFILE
+CCTALK_DATA: dict[str, Any] = tomllib.loads(CCTALK.read_text())
+
+
+@pytest.mark.parametrize("port", ["", "   "])
+def test_an_empty_string_in_a_drivers_settings_is_an_error(tmp_path: Path, port: str) -> None:
+    """The ccTalk driver's `port: str` has no metadata: the rule for strings is generic."""
+    assert config_mod.load(CCTALK, env={}).coin_acceptor.driver == "cctalk"
+    path = write_profile(tmp_path, edited(CCTALK_DATA, "coin_acceptor.port", port))
+    assert load_error(path) == f"{path}: coin_acceptor.port: must not be empty (got {port!r})"
+    message = load_error(CCTALK, **{"coin_acceptor.port": ""})
+    assert message == "command line: coin_acceptor.port: must not be empty (got '')"
 
 
 # --- precedence: keyword override > KIOSK_* environment > file > default ------------------------
@@ -266,6 +286,61 @@ def test_environment_overrides_the_file_and_is_checked_like_it() -> None:
     assert config.credit.leftover == "keep"
     with pytest.raises(ConfigError, match=r"credit\.leftover: must be one of keep, donate"):
         config_mod.load(SIM, env={"KIOSK_CREDIT_LEFTOVER": "give"})
+
+
+def test_an_error_from_the_environment_names_the_variable() -> None:
+    env = {"KIOSK_CREDIT_INACTIVITY_TIMEOUT_S": "1"}
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(SIM, env=env)
+    assert str(info.value) == (
+        "KIOSK_CREDIT_INACTIVITY_TIMEOUT_S: credit.inactivity_timeout_s: "
+        "must be at least 5.0 (got 1.0)"
+    )
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(SIM, env={"KIOSK_LEDGER_PATH": '""'})
+    assert str(info.value) == "KIOSK_LEDGER_PATH: ledger.path: must not be empty (got '')"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"KIOSK_PANEL_CANCEL_PIN": "5"},
+            "KIOSK_PANEL_CANCEL_PIN: slots[0].motor_pin: GPIO5 is already used by panel.cancel_pin",
+        ),
+        (
+            {"KIOSK_COIN_ACCEPTOR_DRIVER": "cctalk"},
+            "KIOSK_COIN_ACCEPTOR_DRIVER: coin_acceptor.coin_pin: unknown key",
+        ),
+        (
+            {"KIOSK_KIOSK_ACCEPTED_COINS_CENTS": "[1, 2]"},
+            "KIOSK_KIOSK_ACCEPTED_COINS_CENTS: coin_acceptor.pulses: [5] c are not accepted",
+        ),
+        (
+            {"KIOSK_COIN_ACCEPTOR_GAP_MS": "500"},
+            "KIOSK_COIN_ACCEPTOR_GAP_MS: coin_acceptor.end_gap_ms: must be longer",
+        ),
+        (
+            {"KIOSK_CREDIT_BENEFICIARY": "' '"},
+            "KIOSK_CREDIT_BENEFICIARY: credit.beneficiary: required when",
+        ),
+    ],
+    ids=["pin", "driver", "coins", "section-check", "cross-check"],
+)
+def test_a_check_across_keys_names_the_variable_that_took_part(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(SIM, env=env)
+    assert str(info.value).startswith(message)
+
+
+def test_a_check_across_keys_names_a_variable_even_for_a_key_of_the_file(tmp_path: Path) -> None:
+    data = edited(edited(SIM_DATA, "credit.beneficiary", DELETE), "credit.leftover", "keep")
+    path = write_profile(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path, env={"KIOSK_CREDIT_LEFTOVER": "donate"})
+    assert str(info.value).startswith("KIOSK_CREDIT_LEFTOVER: credit.beneficiary: required")
 
 
 def test_environment_values_are_read_as_toml_values() -> None:
@@ -342,6 +417,8 @@ def _assert_in_range(config: Config) -> None:
                     assert item >= f.metadata["min"], f.name
                 if "max" in f.metadata and item is not None:
                     assert item <= f.metadata["max"], f.name
+                if isinstance(item, str) and not f.metadata.get("allow_empty"):
+                    assert item.strip(), f.name
     assert set(settings.pulses) == set(config.kiosk.accepted_coins_cents)
 
 
@@ -356,10 +433,44 @@ def test_junk_for_a_key_is_a_config_error_or_a_valid_config(dotted: str, value: 
 
 
 @given(name=st.sampled_from(ENV_NAMES), raw=st.text(max_size=12))
-def test_junk_in_the_environment_is_a_config_error_or_a_valid_config(name: str, raw: str) -> None:
+def test_junk_in_the_environment_is_a_config_error_naming_it_or_a_valid_config(
+    name: str, raw: str
+) -> None:
     try:
         config = config_mod.load(SIM, env={name: raw})
     except ConfigError as err:
-        assert str(err).startswith(f"{SIM}: ")
+        origin = str(err).split(": ", 1)[0]
+        assert name in origin.split(", "), str(err)
     else:
         _assert_in_range(config)
+
+
+# --- which profile: -c > KIOSK_CONFIG > the installed kiosk's, never the simulator's --------------
+
+
+def test_the_profile_is_the_flag_then_the_environment_then_the_installed_one(
+    tmp_path: Path,
+) -> None:
+    system = tmp_path / "etc-kiosk.toml"
+    system.write_text("")
+    named = tmp_path / "named.toml"
+    named.write_text("")
+    env = {"KIOSK_CONFIG": str(named)}
+    assert config_mod.find_profile("flag.toml", system, env) == Path("flag.toml")
+    assert config_mod.find_profile(None, system, env) == named
+    assert config_mod.find_profile(None, system, {}) == system
+    assert config_mod.find_profile(None, system, {"KIOSK_CONFIG": ""}) == system
+
+
+def test_without_any_profile_the_error_names_where_it_looked(tmp_path: Path) -> None:
+    system = tmp_path / "etc" / "kiosk.toml"
+    with pytest.raises(ConfigError) as info:
+        config_mod.find_profile(None, system, {})
+    assert str(info.value) == (
+        f"no configuration: {system} does not exist and KIOSK_CONFIG is not set (or pass -c FILE)"
+    )
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as info:
+        config_mod.find_profile(None, system, {"KIOSK_CONFIG": str(missing)})
+    assert str(info.value) == f"KIOSK_CONFIG={missing}: no such file"
+    assert Path("/etc/kiosk/kiosk.toml") == config_mod.SYSTEM_PROFILE

@@ -112,7 +112,7 @@ def test_a_failed_vend_charges_nothing_and_marks_the_slot(books: Ledger, db_path
     assert (cleared.device, cleared.code, cleared.slot) == ("slot_1", "jammed", 1)
     assert books.slots()[1].sellable
     kinds = [r[0] for r in books.db.execute("SELECT kind FROM events ORDER BY id")]
-    assert kinds == ["vend_failed", "fault", "door_closed", "fault_cleared"]
+    assert kinds == ["ledger_created", "vend_failed", "fault", "door_closed", "fault_cleared"]
 
 
 def test_donation_closes_the_credit(books: Ledger, db_path: Path) -> None:
