@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.base import ACCEPTOR_DRIVERS, acceptor_settings_class
+from drivers.base import (
+    ACCEPTOR_DRIVERS,
+    DISPENSER_DRIVERS,
+    DISPLAY_DRIVERS,
+    PANEL_DRIVERS,
+    acceptor_settings_class,
+)
 from kiosk.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -60,6 +66,8 @@ class LedgerSection:
 
 @dataclass(frozen=True)
 class DisplaySection:
+    # Back-ends by name (drivers.base registries): a character LCD is one more name.
+    driver: str = field(default="log", metadata={"choices": tuple(DISPLAY_DRIVERS)})
     columns: int = field(default=20, metadata={"min": 16, "max": 40})
     message_s: float = field(default=3.0, metadata={"min": 0.5, "max": 30.0})
 
@@ -69,11 +77,13 @@ class PanelSection:
     cancel_pin: int = field(metadata={"min": 0, "max": 27})
     # Omitted: no door switch (a bench or a kiosk serviced through the CLI only).
     door_pin: int | None = field(default=None, metadata={"min": 0, "max": 27})
+    driver: str = field(default="gpio", metadata={"choices": tuple(PANEL_DRIVERS)})
 
 
 @dataclass(frozen=True)
 class DispenserSection:
     drop_pin: int = field(metadata={"min": 0, "max": 27})
+    driver: str = field(default="spiral", metadata={"choices": tuple(DISPENSER_DRIVERS)})
     max_run_s: float = field(default=8.0, metadata={"min": 0.5, "max": 60.0})
     drop_wait_s: float = field(default=1.5, metadata={"min": 0.1, "max": 10.0})
     retry_turns: int = field(default=1, metadata={"min": 0, "max": 3})

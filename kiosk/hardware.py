@@ -57,7 +57,7 @@ def build_hardware(config: Config, clock: Clock, emit: Emit, pin_factory: Any = 
     )
     opened: list[Any] = [acceptor]
     try:
-        dispenser = device_class(DISPENSER_DRIVERS, "spiral")(
+        dispenser = device_class(DISPENSER_DRIVERS, config.dispenser.driver)(
             {s.id: SpiralPins(s.motor_pin, s.home_pin) for s in config.slots},
             config.dispenser.drop_pin,
             clock,
@@ -68,7 +68,7 @@ def build_hardware(config: Config, clock: Clock, emit: Emit, pin_factory: Any = 
             pin_factory=pin_factory,
         )
         opened.append(dispenser)
-        panel = device_class(PANEL_DRIVERS, "gpio")(
+        panel = device_class(PANEL_DRIVERS, config.panel.driver)(
             {s.id: s.button_pin for s in config.slots},
             config.panel.cancel_pin,
             config.panel.door_pin,
@@ -81,5 +81,5 @@ def build_hardware(config: Config, clock: Clock, emit: Emit, pin_factory: Any = 
         for device in opened:
             best_effort(f"closing {device!r}", device.close)
         raise
-    display = device_class(DISPLAY_DRIVERS, "log")(config.display.columns)
+    display = device_class(DISPLAY_DRIVERS, config.display.driver)(config.display.columns)
     return Hardware(acceptor, dispenser, panel, display)

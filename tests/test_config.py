@@ -474,3 +474,14 @@ def test_without_any_profile_the_error_names_where_it_looked(tmp_path: Path) -> 
         config_mod.find_profile(None, system, {"KIOSK_CONFIG": str(missing)})
     assert str(info.value) == f"KIOSK_CONFIG={missing}: no such file"
     assert Path("/etc/kiosk/kiosk.toml") == config_mod.SYSTEM_PROFILE
+
+
+def test_device_back_ends_are_chosen_by_name() -> None:
+    config = config_mod.load(config_mod.DEFAULT_PROFILE, env={})
+    assert (config.display.driver, config.panel.driver, config.dispenser.driver) == (
+        "log",
+        "gpio",
+        "spiral",
+    )
+    with pytest.raises(ConfigError, match="display.driver: must be one of log"):
+        config_mod.load(config_mod.DEFAULT_PROFILE, env={"KIOSK_DISPLAY_DRIVER": "lcd"})

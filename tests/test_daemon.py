@@ -145,3 +145,41 @@ def test_a_second_daemon_on_the_same_acceptor_is_refused(
     wait_for(lambda: ledger_cents(tmp_path / "one.db") == 5, "the coin in the first ledger")
     assert ledger_cents(tmp_path / "two.db") == 0
     daemons.stop(first)
+
+
+def test_a_second_daemon_on_the_same_ledger_is_refused(
+    tmp_path: Path, device: SimCcTalkAcceptor, daemons: Daemons
+) -> None:
+    db = tmp_path / "kiosk.db"
+    first = daemons(profile(tmp_path, device.path, db))
+    wait_for(lambda: device.master_enabled, "the first kiosk to enable coins")
+    other = SimCcTalkAcceptor(echo=False)
+    try:
+        second = daemons(profile(tmp_path, other.path, db, "two.toml"))
+        output, _ = second.communicate(timeout=TIMEOUT_S)
+    finally:
+        other.close()
+    assert second.returncode == 1
+    assert f"kiosk: error: ledger {db} is in use by kiosk process {first.pid}" in output
+    assert "Traceback" not in output
+    assert not other.master_enabled  # refused before it touched its acceptor
+    assert device.insert(2)
+    wait_for(lambda: ledger_cents(db) == 2, "the coin counted once")
+    daemons.stop(first)
+    assert ledger_cents(db) == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database, just some text\n"])
+def test_a_ledger_that_is_not_one_is_refused_untouched(
+    tmp_path: Path, device: SimCcTalkAcceptor, daemons: Daemons, content: bytes
+) -> None:
+    db = tmp_path / "kiosk.db"
+    db.write_bytes(content)
+    daemon = daemons(profile(tmp_path, device.path, db))
+    output, _ = daemon.communicate(timeout=TIMEOUT_S)
+    assert daemon.returncode == 1
+    assert output.startswith(f"kiosk: error: ledger {db}")
+    assert "Traceback" not in output
+    assert db.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.toml", "kiosk.db", "kiosk.db.lock"]
+    assert not device.master_enabled

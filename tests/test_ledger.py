@@ -12,7 +12,8 @@ from kiosk import reports
 from kiosk.config import Config
 from kiosk.errors import LedgerError
 from kiosk.ledger import CORE_BUSY_TIMEOUT_MS, Ledger
-from kiosk.schema import MIGRATIONS, connect
+from kiosk.migrations import MIGRATIONS
+from kiosk.schema import connect
 from sim.clock import SimClock
 
 

@@ -27,7 +27,8 @@ from kiosk import lock as lock_mod
 from kiosk import schema
 from kiosk.errors import KioskError, LedgerError
 from kiosk.lock import LedgerBusy, LedgerLock, holder
-from kiosk.schema import MIGRATIONS, Migration, open_ledger
+from kiosk.migrations import MIGRATIONS, Migration
+from kiosk.schema import open_ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWEST = len(MIGRATIONS)
