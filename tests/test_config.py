@@ -483,5 +483,5 @@ def test_device_back_ends_are_chosen_by_name() -> None:
         "gpio",
         "spiral",
     )
-    with pytest.raises(ConfigError, match="display.driver: must be one of log"):
+    with pytest.raises(ConfigError, match=r"display\.driver: must be one of log"):
         config_mod.load(config_mod.DEFAULT_PROFILE, env={"KIOSK_DISPLAY_DRIVER": "lcd"})
