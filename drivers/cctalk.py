@@ -17,7 +17,7 @@ from typing import Any
 
 from drivers.base import CoinAcceptor, DeviceError, DeviceFault
 from drivers.cctalk_codec import Checksum
-from drivers.cctalk_session import DEVICE, CcTalkSession, Command, Procedure
+from drivers.cctalk_session import DEVICE, CcTalkSession, Command, Procedure, drive
 from drivers.cctalk_transport import PortBusy, PortGone, Transport
 from drivers.clock import Clock, Emit
 
@@ -182,23 +182,8 @@ class CcTalkCoinAcceptor(CoinAcceptor):
             self._last_error = str(err)
 
     def _run(self, procedure: Procedure, retries: int | None = None) -> None:
-        """Drive a session procedure over the transport: each command's reply is sent in, each
-        failure the transport could not retry away is thrown in. A failing port is not: the
-        procedure is abandoned and PortGone raised."""
-        try:
-            command = next(procedure)
-            while True:
-                try:
-                    data = self._request(command, retries)
-                except PortGone:
-                    procedure.close()
-                    raise
-                except DeviceError as err:
-                    command = procedure.throw(err)
-                else:
-                    command = procedure.send(data)
-        except StopIteration:
-            return
+        """A session procedure over the transport; a failing port abandons it (PortGone)."""
+        drive(procedure, lambda command: self._request(command, retries), fatal=(PortGone,))
 
     def _request(self, command: Command, retries: int | None) -> bytes:
         timeout_s = self._settings.slow_reply_timeout_ms / 1000 if command.slow else None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,30 @@ class Command:
 
 # A procedure yields commands, is sent each reply's data, and may have a DeviceError thrown in.
 Procedure = Generator[Command, bytes, None]
+
+
+def drive(
+    procedure: Procedure,
+    request: Callable[[Command], bytes],
+    fatal: tuple[type[Exception], ...] = (),
+) -> None:
+    """Run a procedure to its end over `request`: each reply's data is sent in, each DeviceError
+    thrown in, except `fatal` ones (a failing port): the procedure is then abandoned and the
+    error raised."""
+    try:
+        command = next(procedure)
+        while True:
+            try:
+                data = request(command)
+            except fatal:
+                procedure.close()
+                raise
+            except DeviceError as err:
+                command = procedure.throw(err)
+            else:
+                command = procedure.send(data)
+    except StopIteration:
+        return
 
 
 def coin_value_cents(coin_id: str, *, whole_units: bool = False) -> int | None:

@@ -24,7 +24,7 @@ from drivers.base import (
 )
 from drivers.cctalk import CcTalkCoinAcceptor, CcTalkSettings
 from drivers.cctalk_codec import HOST, Frame, FrameParser, encode
-from drivers.cctalk_session import CcTalkSession, Command, Procedure, coin_value_cents, cvf_cents
+from drivers.cctalk_session import CcTalkSession, Command, coin_value_cents, cvf_cents, drive
 from drivers.cctalk_transport import NoReply
 from drivers.clock import SystemClock
 from sim.cctalk_device import SimCcTalkAcceptor
@@ -73,21 +73,6 @@ class Device:
         return replies.get(command.header, b"")
 
 
-def drive(procedure: Procedure, device: Device) -> None:
-    """What the serial shell does, without a port."""
-    try:
-        command = next(procedure)
-        while True:
-            try:
-                data = device.answer(command)
-            except DeviceError as err:
-                command = procedure.throw(err)
-            else:
-                command = procedure.send(data)
-    except StopIteration:
-        return
-
-
 def started(device: Device, cursor: str | None = None) -> tuple[CcTalkSession, list[Any]]:
     """A session through its start-up, accepting coins, and what the start-up reported."""
     s = CcTalkSession((1, 2, 5), where="test", poll_interval_s=0.15, lost_after=3)
@@ -102,7 +87,7 @@ def session(device: Device, cursor: str | None = None) -> CcTalkSession:
 
 def step(s: CcTalkSession, device: Device, now: float) -> list[Any]:
     try:
-        drive(s.step(now), device)
+        drive(s.step(now), device.answer)
     except DeviceError as err:
         s.failed(err, now)
     return s.take_events()
@@ -117,7 +102,7 @@ def test_start_up_identifies_seeds_the_counter_and_enables_coins() -> None:
     device.pairs = [(5, 0)] * 5  # from before this start: never credited
     s = CcTalkSession((1, 2, 5), where="test", poll_interval_s=0.15, lost_after=3)
     s.wanted = True
-    drive(s.step(0.0), device)
+    drive(s.step(0.0), device.answer)
     [ready] = s.take_events()
     assert isinstance(ready, DeviceReady) and ready.faults == frozenset()
     assert s.identity.serial == SERIAL and s.identity.comms == "1.4.2"
@@ -241,7 +226,7 @@ def test_events_while_the_kiosk_was_down_are_read_from_the_cursor() -> None:
     device.events((2, 0), (5, 0))  # the kiosk is down
     again = CcTalkSession((1, 2, 5), where="test", poll_interval_s=0.15, lost_after=3)
     again.resume_from(coin.cursor)
-    drive(again.step(0.0), device)
+    drive(again.step(0.0), device.answer)
     assert credits(again.take_events()) == [2, 5]
 
 
