@@ -121,6 +121,10 @@ class Controller:
         return State(self.model.state)
 
     @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
     def credit_cents(self) -> int:
         return self.model.credit_cents
 
@@ -226,7 +230,15 @@ class Controller:
     def _retry_storage(self, now: float) -> None:
         try:
             while self._pending:
-                self.handle(self._pending[0])
+                event = self._pending[0]
+                try:
+                    self.handle(event)
+                except LedgerError:
+                    raise
+                except Exception:  # not storage: this one cannot be handled, the rest still can
+                    self._pending.popleft()
+                    self.deadlines.set(RETRY, now)
+                    raise
                 self._pending.popleft()
             if self._storage_error is not None:
                 since, detail = self._storage_error
@@ -331,11 +343,18 @@ class Controller:
             case Refill():
                 self._on_refill(event)
             case Shutdown():
-                # A vend ends within max_run_s: let it, so nothing is dispensed uncharged.
-                self._stop_after_vend = self.state is State.VENDING
-                self._running = self._stop_after_vend
+                self._shutdown()
             case _:
                 assert_never(event)
+
+    def _shutdown(self) -> None:
+        if self._pending:  # storage is failing: waiting for it could take for ever
+            log.error("stopping with %d event(s) not written to the ledger", len(self._pending))
+            self._running = False
+            return
+        # A vend ends within max_run_s: let it, so nothing is dispensed uncharged.
+        self._stop_after_vend = self.state is State.VENDING
+        self._running = self._stop_after_vend
 
     def _on_coin(self, event: CoinAccepted) -> None:
         # The coin is in the cash box whatever the state: it is always credited.

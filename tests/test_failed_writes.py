@@ -7,10 +7,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scenarios import COIN_S, broken_invariants, event_codes
 
+from kiosk.core import Shutdown
 from kiosk.machine import State
 from sim.rig import SimKiosk
 
@@ -92,3 +94,37 @@ def test_a_vend_ending_while_the_ledger_is_locked_is_charged_once_it_returns(
     assert kiosk.ledger.db.execute("SELECT count(*) FROM sales").fetchone()[0] == 1
     assert kiosk.controller.state is State.IDLE
     assert broken_invariants(kiosk) == {}
+
+
+def test_a_stop_while_the_ledger_refuses_writes_does_not_wait_for_it(
+    kiosk: SimKiosk, locked: sqlite3.Connection
+) -> None:
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(COIN_S)
+    kiosk.events.put(Shutdown())
+    kiosk.run_for(60)
+    assert not kiosk.controller.running
+    assert kiosk.world.coins.inhibited
+
+
+def test_an_event_that_fails_for_another_reason_does_not_hold_the_others(
+    kiosk: SimKiosk, locked: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kiosk.world.burst([5, 2])
+    kiosk.run_for(COIN_S * 2)
+    calls = []
+    real = kiosk.controller._on_coin
+
+    def first_fails(event: Any) -> None:
+        calls.append(event.value_cents)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in handling one coin")
+        real(event)
+
+    monkeypatch.setattr(kiosk.controller, "_on_coin", first_fails)
+    locked.execute("ROLLBACK")
+    kiosk.run_for(3)
+    values = [r[0] for r in kiosk.ledger.db.execute("SELECT value_cents FROM coins")]
+    assert values == [2]  # the other coin was still written
+    assert kiosk.controller.state is State.OUT_OF_SERVICE  # the bug: internal error
+    assert ("kiosk", "internal_error") in kiosk.controller.model.faults
