@@ -167,6 +167,7 @@ class CcTalkSession:
         self._counter = 0
         self._resume: str | None = None
         self._counting: int | None = None  # serial number of the device whose events we count
+        self._pairs: bytes | None = None  # the event pairs of the last 229 read, newest first
         self._failures = 0
         self._next_poll = 0.0
         self._events: list[Any] = []
@@ -265,19 +266,21 @@ class CcTalkSession:
             yield from self._read_events(events, now)
         else:
             resumed = self._resumed_counter(ident.serial)
+            self._resume = None  # the ledger's cursor is for the first device counted only
             self._counting = ident.serial
             if resumed is None:
                 self._counter = events[0]  # a new session: never credit what was buffered
+                self._pairs = bytes(events[1:])
             else:  # the kiosk restarted: carry on from the last event the ledger holds
-                self._counter = resumed
+                self._counter, self._pairs = resumed, None  # what it held then is unknown
                 yield from self._read_events(events, now)
         yield from self._apply_inhibits()
         self._ready = True
-        faults = frozenset({f"self_check_{self.fault}"} if self.fault else ())
-        self._events.append(DeviceReady(DEVICE, str(ident), now, faults))
         if self.lost:
             self.lost = False
             self._events.append(DeviceFault(DEVICE, "lost", False, f"answering: {ident}", now))
+        faults = frozenset({f"self_check_{self.fault}"} if self.fault else ())
+        self._events.append(DeviceReady(DEVICE, str(ident), now, faults))
 
     def _positions(self, coin_ids: dict[int, str]) -> dict[int, int]:
         whole = any(writes_fractions(cid) for cid in coin_ids.values())
@@ -356,6 +359,7 @@ class CcTalkSession:
 
     def _read_events(self, data: bytes, now: float) -> Procedure:
         counter, last = data[0], self._counter
+        before, self._pairs = self._pairs, bytes(data[1:])
         if counter == last:
             return
         serial = self.identity.serial
@@ -371,16 +375,16 @@ class CcTalkSession:
             yield from self._apply_inhibits()
             return
         new = new_events(counter, last)
-        reset = new > BUFFER and self._reset_since(data)
+        reset = self._reset_since(data, new, before)
         if reset:
             self._notice(
                 "reset",
-                f"event counter at {counter} after {last} with the older pairs empty: device "
-                f"reset, then {counter} event(s); inhibits sent again",
+                f"event counter at {counter} after {last}, the older pairs not those read "
+                f"before: device reset, then {counter} event(s); inhibits sent again",
                 now,
             )
             new = counter
-        elif new > BUFFER:
+        if new > BUFFER:
             detail = (
                 f"{new - BUFFER} event(s) lost (counter {last} -> {counter}); "
                 "credits may be missing"
@@ -410,11 +414,15 @@ class CcTalkSession:
             log.warning("%s: %s", self._where, err)
 
     @staticmethod
-    def _reset_since(data: bytes) -> bool:
-        """A counter of five or less with the pairs older than it empty: the buffer was cleared
-        by a reset and holds only what came after (lost events would have filled it)."""
+    def _reset_since(data: bytes, new: int, before: bytes | None) -> bool:
+        """The device was reset since the last read although its counter is not 0 (events came
+        after the reset). Without a reset, the pairs older than the new ones are those of the
+        last read, shifted; after one, the buffer was cleared: a counter below five with the
+        older pairs empty, where more than five events would otherwise be lost."""
         counter = data[0]
-        return counter <= BUFFER and not any(data[1 + 2 * counter :])
+        if new <= BUFFER and before is not None:
+            return data[1 + 2 * new :] != before[: 2 * (BUFFER - new)]
+        return new > BUFFER and counter < BUFFER and not any(data[1 + 2 * counter :])
 
     def _event(self, a: int, b: int, now: float, cursor: str) -> tuple[set[str], bool]:
         """Report one event; returns what it calls for next ("self_check", "inhibits") and

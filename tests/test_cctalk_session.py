@@ -24,7 +24,14 @@ from drivers.base import (
 )
 from drivers.cctalk import CcTalkCoinAcceptor, CcTalkSettings
 from drivers.cctalk_codec import HOST, Frame, FrameParser, encode
-from drivers.cctalk_session import CcTalkSession, Command, coin_value_cents, cvf_cents, drive
+from drivers.cctalk_session import (
+    CcTalkSession,
+    Command,
+    coin_value_cents,
+    cvf_cents,
+    drive,
+    new_events,
+)
 from drivers.cctalk_transport import NoReply
 from drivers.clock import SystemClock
 from sim.cctalk_device import SimCcTalkAcceptor
@@ -116,9 +123,12 @@ def test_start_up_identifies_seeds_the_counter_and_enables_coins() -> None:
     [(23, 23, []), (104, 102, [2, 1]), (1, 255, [1]), (3, 253, [5, 4, 3, 2, 1]), (54, 48, None)],
 )
 def test_new_events_from_the_counter(cur: int, last: int, expected: list[int] | None) -> None:
+    pairs = [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]  # newest first, as read at `cur`
     device = Device(counter=last)
+    shift = new_events(cur, last)
+    device.pairs = (pairs[shift:] + [(9, 0)] * 5)[:5]  # what the device held at `last`
     s = session(device)
-    device.counter, device.pairs = cur, [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]
+    device.counter, device.pairs = cur, pairs
     events = step(s, device, 1.0)
     assert credits(events) == ([5, 4, 3, 2, 1] if expected is None else expected)
     faults = [(e.code, e.active) for e in events if isinstance(e, DeviceFault)]
@@ -364,3 +374,51 @@ def test_random_replies_never_credit(raw: bytes) -> None:
     valid = [f for f in FrameParser().feed(raw, 0.0) if f == Frame(HOST, 0, f.data, 2) and f.data]
     assert not credits(found)  # a start-up from random bytes never gets as far as a 229
     assert valid or [(e.code, e.active) for e in found] == [("lost", True)]
+
+
+def test_a_reset_then_a_few_events_is_seen_by_the_pairs_that_moved() -> None:
+    device = Device(counter=1)
+    s = session(device)
+    device.events((1, 0), (2, 0))
+    step(s, device, 1.0)
+    device.reset()
+    device.events((5, 0), (5, 0), (2, 0), (1, 0))  # counter 4 after 3: one event, it seems
+    events = step(s, device, 2.0)
+    assert [type(e) for e in events][:1] == [DeviceNotice] and events[0].code == "reset"
+    assert credits(events) == [5, 5, 2, 1]
+
+
+def test_a_wrap_to_five_with_events_lost_is_not_taken_for_a_reset() -> None:
+    device = Device(counter=200)
+    s = session(device)
+    for _ in range(60):
+        device.events((1, 0))
+    assert device.counter == 5
+    events = step(s, device, 1.0)
+    assert not any(isinstance(e, DeviceNotice) for e in events)
+    assert [(e.code, e.active) for e in events if isinstance(e, DeviceFault)][:1] == [
+        ("lost_events", True)
+    ]
+    assert credits(events) == [1] * 5
+
+
+def test_a_device_swapped_out_and_back_is_not_credited_twice() -> None:
+    device = Device(counter=50)
+    s = session(device, cursor=f"cctalk:{SERIAL}:50")
+    device.events((1, 0), (2, 0))
+    assert credits(step(s, device, 1.0)) == [1, 2]
+    spare = Device(counter=9)
+    s.set_lost("unplugged", 2.0)
+    spare_serial = SERIAL + 1
+    spare_answer = spare.answer
+
+    def spare_device(command: Command) -> bytes:
+        if command.header == 242:
+            return spare_serial.to_bytes(3, "little")
+        return spare_answer(command)
+
+    drive(s.step(3.5), spare_device)
+    s.take_events()
+    s.set_lost("unplugged again", 4.0)
+    drive(s.step(5.5), device.answer)
+    assert credits(s.take_events()) == []
