@@ -137,17 +137,23 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         return self.session.next_due()
 
     def service(self, now: float) -> list[Any]:
+        reopened = False
         if not self.transport.is_open and self._reopen_at is not None and now >= self._reopen_at:
             self._reopen(now)
+            reopened = True
         if self.transport.is_open and now >= self.session.next_due():
-            if self.session.lost:
+            if self.session.lost and not reopened:
                 self._reopen(now)  # a replaced device node is only seen by opening it again
             if self.transport.is_open:
                 self._poll(now)
         return self.session.take_events()
 
     def safe_state(self, error: Exception) -> list[Any]:
-        self.session.wanted = False
+        """The poller failed: the inhibit is sent here, not left to a poll that may fail again."""
+        try:
+            self._run(self.session.inhibit(), retries=CLOSE_RETRIES)
+        except DeviceError as err:
+            log.warning("cannot inhibit the coin acceptor: %s", err)
         now = self._clock.monotonic()
         return [DeviceFault(DEVICE, "driver_error", True, f"ccTalk driver: {error}", now)]
 

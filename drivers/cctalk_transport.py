@@ -94,7 +94,8 @@ class Transport:
         self.port_name = port
         self.address = address
         self.checksum = checksum
-        self.echo: bool | None = None if echo == "auto" else echo == "on"
+        self._echo_setting: bool | None = None if echo == "auto" else echo == "on"
+        self.echo = self._echo_setting
         self.reply_timeout_s = reply_timeout_s
         self.retries = retries
         self.baud = baud
@@ -105,7 +106,9 @@ class Transport:
 
     def open(self) -> None:
         """Open the port for this process alone; PortBusy if another holds it, PortGone if it
-        cannot be opened (absent, not yet enumerated, no permission)."""
+        cannot be opened (absent, not yet enumerated, no permission). An echo learnt on the
+        line before is forgotten: the port may now lead to another interface."""
+        self.echo = self._echo_setting
         try:
             self._serial = serial.serial_for_url(
                 self.port_name, baudrate=self.baud, timeout=0, write_timeout=1.0, exclusive=True

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Any], None]
-STOP_WAIT_S = 10.0  # a worker finishes what it is doing (one serial exchange at most)
+STOP_WAIT_S = 10.0  # a worker finishes what it is doing (a ccTalk start-up, at worst)
 RETRY_AFTER_ERROR_S = 1.0
 
 
@@ -107,13 +107,13 @@ class ThreadWorker:
 
     def _run(self) -> None:
         while not self._stopping:
-            deadline = self._task.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self._woken.wait(timeout)
-            self._woken.clear()  # a wake-up after this is seen: the deadline is read again
-            if self._stopping:
-                return
             try:
+                deadline = self._task.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self._woken.wait(timeout)
+                self._woken.clear()  # a wake-up after this is seen: the deadline is read again
+                if self._stopping:
+                    return
                 for event in self._task.service(time.monotonic()):
                     self._emit(event)
             except Exception as err:  # the top of the worker's thread: safe state, carry on
@@ -124,8 +124,14 @@ class ThreadWorker:
                 self._woken.wait(RETRY_AFTER_ERROR_S)
 
     def _fail_safe(self, error: Exception) -> None:
-        try:
-            for event in self._task.safe_state(error):
-                self._emit(event)
-        except Exception:
-            log.exception("worker %s: the safe state failed too", self.name)
+        for event in fail_safe(self.name, self._task, error):
+            self._emit(event)
+
+
+def fail_safe(name: str, task: Task, error: Exception) -> list[Any]:
+    """The events of a task's safe state after `error`; never raises (the top of a worker)."""
+    try:
+        return task.safe_state(error)
+    except Exception:
+        log.exception("worker %s: the safe state failed too", name)
+        return []

@@ -182,6 +182,8 @@ class Controller:
             if event is not None:
                 self._dispatch(event)
             self._service(self.clock.monotonic())
+        except LedgerError as err:  # a timer's write (a donation): retried when storage is back
+            self._storage_failed(err)
         except Exception as err:  # the top of the core thread: stop selling, keep the books
             log.exception("core error, going out of service")
             self._halt(err)
@@ -484,7 +486,8 @@ class Controller:
         self._show_state()
 
     def _outputs(self, state: State) -> None:
-        accepting = state in ACCEPTING and self._storage_error is None
+        stopping = self._stop_after_vend  # the vend that ends now is the last
+        accepting = state in ACCEPTING and self._storage_error is None and not stopping
         self.hw.acceptor.set_accepting(accepting)
         for slot in self.slots.values():
             self.hw.panel.set_led(slot.slot, accepting and slot.sellable)

@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import signal
+import threading
 from types import FrameType
 from typing import Any
 
@@ -52,7 +53,8 @@ def _run(config: Config, pins: Any) -> int:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
-        events.put(Shutdown())
+        # Not put from the handler: it runs on the core thread, which may hold the queue's lock.
+        threading.Thread(target=events.put, args=(Shutdown(),), name="stop").start()
 
     def status(signum: int, frame: FrameType | None) -> None:
         log.info(

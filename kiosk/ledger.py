@@ -12,6 +12,7 @@ Reads for reports and `kiosk verify` live in reports.py.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,9 +89,7 @@ class Ledger:
         try:
             with self.db.atomic():
                 yield iso(self._now())
-        except LedgerError:
-            raise
-        except Exception as err:
+        except sqlite3.OperationalError as err:  # locked, full, I/O: storage, worth a retry
             raise LedgerError(f"ledger {self.path}: write failed: {err}") from err
 
     def _one(self, sql: str, params: Any = ()) -> Any:

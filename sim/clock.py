@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from drivers.clock import Emit, Task
+from drivers.clock import Emit, Task, fail_safe
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class SimWorker:
             events = self._task.service(self._clock.now)
         except Exception as err:  # as on a thread: the device goes to its safe state
             log.exception("simulated worker failed; outputs put in their safe state")
-            events = self._task.safe_state(err)
+            events = fail_safe("simulated", self._task, err)
         for event in events:
             self._emit(event)
         self.wake()

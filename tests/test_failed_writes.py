@@ -128,3 +128,23 @@ def test_an_event_that_fails_for_another_reason_does_not_hold_the_others(
     assert values == [2]  # the other coin was still written
     assert kiosk.controller.state is State.OUT_OF_SERVICE  # the bug: internal error
     assert ("kiosk", "internal_error") in kiosk.controller.model.faults
+
+
+def test_a_donation_due_while_the_ledger_is_locked_waits_for_it(
+    kiosk: SimKiosk, db_path: Path
+) -> None:
+    kiosk.world.insert_coin(2)
+    kiosk.run_for(COIN_S)
+    kiosk.world.cancel()
+    kiosk.run_for(3)  # the countdown runs; it ends while the ledger is locked
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    kiosk.run_for(5)
+    assert ("kiosk", "internal_error") not in kiosk.controller.model.faults
+    assert kiosk.controller.state is State.OUT_OF_SERVICE  # storage, not a bug
+    other.execute("ROLLBACK")
+    other.close()
+    kiosk.run_for(60)  # back in credit; the leftover policy applies again
+    assert kiosk.ledger.db.execute("SELECT sum(amount_cents) FROM donations").fetchone()[0] == 2
+    assert kiosk.controller.state is State.IDLE
+    assert broken_invariants(kiosk) == {}

@@ -382,6 +382,7 @@ def test_a_shutdown_during_a_vend_lets_it_finish(kiosk: SimKiosk) -> None:
     kiosk.run_for(0.5)
     kiosk.events.put(Shutdown())
     kiosk.run_for(10)
+    assert kiosk.world.coins.inhibited  # the last vend ended: coins stay off on the way out
     assert kiosk.world.truth.delivered[2] == 1
     assert kiosk.ledger.db.execute("SELECT outcome FROM vends").fetchone()[0] == "delivered"
     assert kiosk.controller.credit_cents == 0

@@ -78,10 +78,14 @@ def test_a_failing_write_leaves_nothing_behind(books: Ledger) -> None:
     books.db.execute(
         "CREATE TRIGGER boom BEFORE UPDATE ON cashbox BEGIN SELECT RAISE(ABORT, 'disk'); END"
     )
-    with pytest.raises(LedgerError, match="write failed"):
+    with pytest.raises(sqlite3.IntegrityError, match="disk"):  # not storage: no retry
         books.record_coin(5)
     assert books.db.execute("SELECT count(*) FROM coins").fetchone()[0] == 1
     assert books.credit_cents() == 5
+    books.db.execute("DROP TRIGGER boom")
+    books.db.execute("PRAGMA query_only = ON")  # a write the storage refuses is a LedgerError
+    with pytest.raises(LedgerError, match="write failed"):
+        books.record_coin(5)
 
 
 def test_a_sale_debits_and_decrements_at_once(books: Ledger, db_path: Path) -> None:
