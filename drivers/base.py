@@ -52,7 +52,8 @@ class CoinAccepted:
 
 @dataclass(frozen=True)
 class CoinRejected:
-    """A pulse train or frame the acceptor could not turn into coins (noise, unknown count)."""
+    """A coin the acceptor handed back, or a pulse train it could not read (noise, unknown
+    count). `cursor`: where a ccTalk device stands once this event is counted."""
 
     reason: str
     detail: str
@@ -105,7 +106,8 @@ class DeviceFault:
 
 @dataclass(frozen=True)
 class DeviceNotice:
-    """Something a technician should know that blocks nothing: a reset, lost events, an alarm."""
+    """Something a technician should know that blocks nothing: a reset, an alarm, a credit of
+    no known value. `cursor` as for CoinRejected."""
 
     device: str
     code: str

@@ -34,7 +34,8 @@ class Task(Protocol):
         ...
 
     def safe_state(self, error: Exception) -> list[Any]:
-        """`service` raised `error`: outputs off, coins inhibited; returns events to report it."""
+        """`service` raised `error`: the task's outputs in their safe state (motors off, the
+        acceptor inhibited), as far as the failing device allows; returns events reporting it."""
         ...
 
 

@@ -423,7 +423,11 @@ class Controller:
                 self.credit.stop()
                 self.model.open_door()
             return
-        if self.state is not State.MAINTENANCE:
+        # An error during the visit halts the kiosk with the door still open: out of service.
+        visit = self.state is State.MAINTENANCE or (
+            self.state is State.OUT_OF_SERVICE and self.model.door_open
+        )
+        if not visit:
             self.ledger.record_event("door_closed", actor="technician", device="door")
             self.model.door_open = False
             return
@@ -433,7 +437,10 @@ class Controller:
         for fault in cleared:
             self.model.faults.discard((fault.device, fault.code))
         self._reload_slots()
-        self.model.close_door()
+        if self.state is State.MAINTENANCE:
+            self.model.close_door()
+        else:
+            self.model.recover()
 
     def _on_refill(self, event: Refill) -> None:
         slot = self.slots.get(event.slot)

@@ -15,12 +15,6 @@ class Deadlines:
         for name in names:
             self._at.pop(name, None)
 
-    def get(self, name: str) -> float | None:
-        return self._at.get(name)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._at
-
     def next(self) -> float | None:
         return min(self._at.values(), default=None)
 

@@ -436,3 +436,19 @@ def test_an_acceptor_off_its_nominal_timing_is_still_read(
         assert broken_invariants(kiosk) == {}
     finally:
         kiosk.shutdown()
+
+
+def test_an_error_during_a_service_visit_is_cleared_when_the_door_closes(
+    kiosk: SimKiosk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kiosk.world.open_door()
+    kiosk.run_for(1)
+    with monkeypatch.context() as patched:
+        patched.setattr(kiosk.controller, "_on_refill", lambda event: 1 / 0)
+        kiosk.events.put(Refill(1, 1))
+        kiosk.run_for(1)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    kiosk.world.close_door()
+    kiosk.run_for(1)
+    assert kiosk.controller.state is State.IDLE
+    assert kiosk.ledger.faults() == []
