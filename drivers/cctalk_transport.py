@@ -294,14 +294,15 @@ class Transport:
 def lock_holder(path: str) -> int | None:
     """The process holding a flock on the device node at `path`, from /proc/locks (Linux)."""
     try:
-        inode = os.stat(path).st_ino
+        node = os.stat(path)
         with open("/proc/locks") as locks:
             lines = locks.read().splitlines()
     except OSError:
         return None
+    # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5 0 EOF": the pid, then major:minor:inode (hex:hex:dec)
+    where = f"{os.major(node.st_dev):02x}:{os.minor(node.st_dev):02x}:{node.st_ino}"
     for line in lines:
         fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5 0 EOF": pid, then major:minor:inode
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
             return int(fields[4])
     return None
