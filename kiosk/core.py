@@ -16,7 +16,6 @@ import collections
 import logging
 import queue
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, assert_never
 
 from drivers.base import (
@@ -28,7 +27,6 @@ from drivers.base import (
     DeviceNotice,
     DeviceReady,
     DoorChanged,
-    Event,
     SelectPressed,
     VendFinished,
     VendOutcome,
@@ -39,6 +37,7 @@ from kiosk.config import Config
 from kiosk.credit import CreditTimers
 from kiosk.deadlines import Deadlines
 from kiosk.errors import LedgerError
+from kiosk.events import DURABLE, CoreEvent, Refill, Shutdown
 from kiosk.hardware import Hardware
 from kiosk.ledger import Fault, Ledger, SlotState
 from kiosk.machine import ACCEPTING, KioskModel, State, build
@@ -53,33 +52,6 @@ STORAGE = ("kiosk", "storage")
 INTERNAL = ("kiosk", "internal_error")
 
 
-@dataclass(frozen=True)
-class Refill:
-    """A technician put `quantity` products in `slot` (accepted in maintenance only)."""
-
-    slot: int
-    quantity: int
-    actor: str = "technician"
-
-
-@dataclass(frozen=True)
-class Shutdown:
-    """Stop the loop; the owner then closes the hardware and the ledger."""
-
-
-CoreEvent = Event | Refill | Shutdown
-# Events the books must hold: kept, in order, until their write commits.
-DURABLE = (
-    CoinAccepted,
-    CoinRejected,
-    VendFinished,
-    DeviceFault,
-    DeviceNotice,
-    DeviceReady,
-    CursorAdvanced,
-    DoorChanged,
-    Refill,
-)
 # A failed vend marks the slot with this fault; BLOCKED is the drop sensor's, not the slot's.
 SLOT_FAULTS = {VendOutcome.JAMMED: "jammed", VendOutcome.NO_DROP: "no_drop"}
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from drivers.clock import SystemClock
 from kiosk.config import Config
-from kiosk.core import Controller, Shutdown
+from kiosk.core import Controller
+from kiosk.events import Shutdown
 from kiosk.hardware import build_hardware
 from kiosk.ledger import Ledger
 from kiosk.lock import LedgerLock

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sqlite_utils import Database
 
 from kiosk import reports
-from kiosk.core import Refill
+from kiosk.events import Refill
 from kiosk.machine import State
 from sim.clock import SimClock
 from sim.rig import SimKiosk

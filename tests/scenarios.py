@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kiosk import reports
-from kiosk.core import Refill
+from kiosk.events import Refill
 from sim.rig import SimKiosk
 from sim.shoppers import ground_truth
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from scenarios import COIN_S, broken_invariants, event_codes
 
-from kiosk.core import Shutdown
+from kiosk.events import Shutdown
 from kiosk.machine import State
 from sim.rig import SimKiosk
 

@@ -11,7 +11,7 @@ from conftest import KioskMaker, with_changes
 from scenarios import broken_invariants, buy, event_codes, event_kinds, pay, service_visit
 
 from kiosk.config import Config
-from kiosk.core import Refill, Shutdown
+from kiosk.events import Refill, Shutdown
 from kiosk.machine import State
 from sim.clock import SimClock
 from sim.rig import SimKiosk

@@ -16,7 +16,8 @@ from conftest import with_changes
 
 from drivers.clock import SystemClock
 from kiosk import config as config_mod
-from kiosk.core import Controller, Shutdown
+from kiosk.core import Controller
+from kiosk.events import Shutdown
 from kiosk.hardware import build_hardware
 from kiosk.ledger import Ledger
 from kiosk.machine import State
