@@ -121,13 +121,11 @@ class Controller:
     def start(self) -> None:
         """The `starting` state's work: ledger checked, vends resolved, faults restored, devices
         started. The kiosk is ready once the coin acceptor reports in (ready or faulty)."""
-        self.hw.display.show(*self.screen.state_lines(self._view()))
+        self._show_state()
         self.ledger.boot(self.config.kiosk.id)
         self.ledger.sync_slots(self.config.slots)
         for vend in self.ledger.resolve_interrupted_vends():
             log.warning("vend %d of slot %d was interrupted: not charged", vend.vend_id, vend.slot)
-        if self.ledger.clear_fault(*STORAGE, "the ledger is writable at start"):
-            log.info("storage fault of the last run cleared")
         for fault in self.ledger.faults():
             if not fault.device.startswith("slot_"):
                 self.model.faults.add((fault.device, fault.code))
@@ -485,6 +483,3 @@ class Controller:
             fault=min(self.model.faults) if self.model.faults else None,
             coins_cents=self.config.kiosk.accepted_coins_cents,
         )
-
-    def screen_lines(self) -> tuple[str, str]:
-        return self.screen.state_lines(self._view())

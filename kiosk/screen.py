@@ -41,10 +41,6 @@ class Screen:
         self._deadlines = deadlines
         self._message: tuple[str, str] | None = None
 
-    @property
-    def lines(self) -> tuple[str, str]:
-        return self._display.lines
-
     def say(self, now: float, key: str, **fields: Any) -> None:
         """A message over the state's screen for `display.message_s`."""
         self._message = text(self._lang, key, **fields)

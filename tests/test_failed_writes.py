@@ -17,11 +17,16 @@ from kiosk.machine import State
 from sim.rig import SimKiosk
 
 
-@pytest.fixture
-def locked(db_path: Path) -> Iterator[sqlite3.Connection]:
-    """Another process holds the ledger's write lock."""
+def lock(db_path: Path) -> sqlite3.Connection:
+    """Another process takes the ledger's write lock (ROLLBACK lets go)."""
     other = sqlite3.connect(db_path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
+    return other
+
+
+@pytest.fixture
+def locked(db_path: Path) -> Iterator[sqlite3.Connection]:
+    other = lock(db_path)
     yield other
     other.close()
 
@@ -82,8 +87,7 @@ def test_a_vend_ending_while_the_ledger_is_locked_is_charged_once_it_returns(
     kiosk.world.press(2)
     kiosk.run_for(0.5)
     assert kiosk.controller.state is State.VENDING
-    other = sqlite3.connect(db_path, isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")
+    other = lock(db_path)
     kiosk.run_for(5)  # the product falls; its sale cannot be written yet
     assert kiosk.world.truth.delivered[2] == 1
     assert kiosk.controller.state is State.VENDING
@@ -137,8 +141,7 @@ def test_a_donation_due_while_the_ledger_is_locked_waits_for_it(
     kiosk.run_for(COIN_S)
     kiosk.world.cancel()
     kiosk.run_for(3)  # the countdown runs; it ends while the ledger is locked
-    other = sqlite3.connect(db_path, isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")
+    other = lock(db_path)
     kiosk.run_for(5)
     assert ("kiosk", "internal_error") not in kiosk.controller.model.faults
     assert kiosk.controller.state is State.OUT_OF_SERVICE  # storage, not a bug
