@@ -18,7 +18,7 @@ from typing import Any
 from drivers.base import CoinAcceptor, DeviceError, DeviceFault
 from drivers.cctalk_codec import Checksum
 from drivers.cctalk_session import DEVICE, CcTalkSession, Command, Procedure, drive
-from drivers.cctalk_transport import PortBusy, PortGone, Transport
+from drivers.cctalk_transport import PortGone, Transport
 from drivers.clock import Clock, Emit
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,7 @@ class CcTalkCoinAcceptor(CoinAcceptor):
 
     def start(self) -> None:
         try:
-            self.transport.open()
-        except PortBusy:
-            raise
+            self.transport.open()  # PortBusy (another kiosk) goes to the caller
         except PortGone as err:  # not there yet: the poller keeps trying
             self._port_failed(err, self._clock.monotonic())
         self._emit_all(self.session.take_events())

@@ -62,7 +62,7 @@ class PortBusy(DeviceError):
 
 
 # What a failing port raises underneath pyserial's own SerialException.
-PORT_ERRORS = (OSError, termios.error, serial.SerialException, select.error)
+PORT_ERRORS = (OSError, termios.error, serial.SerialException)
 
 
 @dataclass(frozen=True)
