@@ -1,11 +1,12 @@
 """Configuration: TOML profiles loaded into frozen dataclasses.
 
 Sections are the architecture: [kiosk], [credit], [ledger], [display], [panel], [dispenser],
-[[slots]] and [coin_acceptor] (whose keys belong to the driver it names). Every key is checked
-against the dataclass field it fills: unknown keys, wrong types, out-of-range values, duplicate
-pins and duplicate slots are a ConfigError naming the file, the key and the reason; an empty
-string is an error too, unless the field's metadata says `allow_empty`. A value that came from a
-KIOSK_* environment variable is named by that variable instead of the file.
+[control], [cashbox], [impact], [[slots]] and [coin_acceptor] (whose keys belong to the driver
+it names). Every key is checked against the dataclass field it fills: unknown keys, wrong types,
+out-of-range values, duplicate pins and duplicate slots are a ConfigError naming the file, the
+key and the reason; an empty string is an error too, unless the field's metadata says
+`allow_empty`. A value that came from a KIOSK_* environment variable is named by that variable
+instead of the file.
 Precedence: command-line flag > KIOSK_<SECTION>_<KEY> environment variable > file > default.
 """
 
@@ -90,6 +91,26 @@ class DispenserSection:
 
 
 @dataclass(frozen=True)
+class ControlSection:
+    # Omitted: beside the ledger (`<ledger.path>.sock`); a Pi profile names /run/kiosk/kiosk.sock.
+    socket: str | None = None
+
+
+@dataclass(frozen=True)
+class CashboxSection:
+    capacity_ml: float = field(default=1500.0, metadata={"min": 10.0, "max": 100_000.0})
+
+
+@dataclass(frozen=True)
+class ImpactSection:
+    # What minting one coin costs the State, in cents, per denomination; a denomination left out
+    # is counted as costing nothing (no figure is assumed where none is known).
+    mint_cost_cents: dict[int, float] = field(
+        default_factory=lambda: {1: 4.0}, metadata={"min": 0.0, "max": 100.0}
+    )
+
+
+@dataclass(frozen=True)
 class SlotConfig:
     id: int = field(metadata={"min": 1, "max": 99})
     product: str
@@ -117,8 +138,15 @@ class Config:
     display: DisplaySection
     panel: PanelSection
     dispenser: DispenserSection
+    control: ControlSection
+    cashbox: CashboxSection
+    impact: ImpactSection
     slots: tuple[SlotConfig, ...]
     coin_acceptor: CoinAcceptorSection
+
+    @property
+    def control_socket(self) -> str:
+        return self.control.socket or f"{self.ledger.path}.sock"
 
     def slot(self, slot_id: int) -> SlotConfig:
         return next(s for s in self.slots if s.id == slot_id)
@@ -137,6 +165,9 @@ SECTIONS: dict[str, type] = {
     "display": DisplaySection,
     "panel": PanelSection,
     "dispenser": DispenserSection,
+    "control": ControlSection,
+    "cashbox": CashboxSection,
+    "impact": ImpactSection,
 }
 
 
@@ -381,6 +412,12 @@ def _check_whole(config: Config, src: _Source) -> None:
         raise ConfigError(
             f"{src.of('credit.beneficiary', 'credit.leftover')}: credit.beneficiary: "
             'required when leftover = "donate"'
+        )
+    unknown = sorted(set(config.impact.mint_cost_cents) - set(config.kiosk.accepted_coins_cents))
+    if unknown:
+        raise ConfigError(
+            f"{src.of('impact.mint_cost_cents')}: impact.mint_cost_cents: "
+            f"{', '.join(f'{c} c' for c in unknown)} not among kiosk.accepted_coins_cents"
         )
     owners: dict[int, str] = {}
     for key, pin in _pins(config):

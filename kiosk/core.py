@@ -39,7 +39,7 @@ from kiosk.deadlines import Deadlines
 from kiosk.errors import LedgerError
 from kiosk.events import DURABLE, CoreEvent, Refill, Shutdown
 from kiosk.hardware import Hardware
-from kiosk.ledger import Fault, Ledger, SlotState
+from kiosk.ledger import Actor, Fault, Ledger, SlotState
 from kiosk.machine import ACCEPTING, KioskModel, State, build
 from kiosk.screen import Screen, View
 
@@ -50,6 +50,7 @@ RETRY = "storage_retry"
 ACCEPTOR = "coin_acceptor"
 STORAGE = ("kiosk", "storage")
 INTERNAL = ("kiosk", "internal_error")
+PANEL = Actor("technician", "panel")  # at the kiosk itself: the door, products put in by hand
 
 
 # A failed vend marks the slot with this fault; BLOCKED is the drop sensor's, not the slot's.
@@ -387,7 +388,7 @@ class Controller:
 
     def _on_door(self, is_open: bool) -> None:
         if is_open:
-            self.ledger.record_event("door_opened", actor="technician", device="door")
+            self.ledger.record_event("door_opened", by=PANEL, device="door")
             self.model.door_open = True
             if self.state in (State.IDLE, State.CREDIT, State.OUT_OF_SERVICE):
                 self.credit.stop()
@@ -398,11 +399,11 @@ class Controller:
             self.state is State.OUT_OF_SERVICE and self.model.door_open
         )
         if not visit:
-            self.ledger.record_event("door_closed", actor="technician", device="door")
+            self.ledger.record_event("door_closed", by=PANEL, device="door")
             self.model.door_open = False
             return
         # Closing the door ends a service visit: the faults it repaired are cleared with it.
-        cleared = self.ledger.close_door([INTERNAL], "technician")
+        cleared = self.ledger.close_door(PANEL)
         self.model.door_open = False
         for fault in cleared:
             self.model.faults.discard((fault.device, fault.code))
@@ -416,9 +417,9 @@ class Controller:
         slot = self.slots.get(event.slot)
         if self.state is not State.MAINTENANCE or slot is None:
             why = "no such slot" if slot is None else f"door closed ({self.state})"
-            self.ledger.record_event("refill_refused", why, event.slot, event.actor)
+            self.ledger.record_event("refill_refused", why, event.slot, PANEL)
             return
-        if self.ledger.refill(event.slot, event.quantity, event.actor):
+        if self.ledger.refill(event.slot, event.quantity, PANEL, capped=True):
             self._reload_slots()
 
     # --- credit policy -----------------------------------------------------------------------

@@ -11,3 +11,8 @@ class ConfigError(KioskError, ValueError):
 
 class LedgerError(KioskError, RuntimeError):
     """The ledger cannot be opened, migrated or written."""
+
+
+class Refused(KioskError, ValueError):
+    """A request the kiosk does not carry out (an unknown slot, a refill beyond capacity, a rule
+    of the state it is in); the message says why, and nothing was changed."""

@@ -24,7 +24,6 @@ class Refill:
 
     slot: int
     quantity: int
-    actor: str = "technician"
 
 
 @dataclass(frozen=True)

@@ -6,53 +6,34 @@ its cap, a fault and the vend it interrupts, the door closing and the faults it 
 outbox joining these transactions can neither lose nor invent an event. Faults are rows keyed by
 (device, code), set and cleared one by one with their event. The ledger owns live products and
 prices: a profile value is applied only when the profile changed it since it was last applied.
-Reads for reports and `kiosk verify` live in reports.py.
+The technician's writes are in upkeep.py, the primitives in ledger_base.py; reads for reports and
+`kiosk verify` live in reports.py.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-from typing import Any
 
 from kiosk.config import SlotConfig
 from kiosk.errors import LedgerError
-from kiosk.schema import open_ledger, schema_version
+from kiosk.ledger_base import KIOSK, Actor, Fault, SlotState, iso, slot_device
+from kiosk.upkeep import Upkeep
+
+__all__ = [
+    "KIOSK",
+    "Actor",
+    "Fault",
+    "InterruptedVend",
+    "Ledger",
+    "SlotState",
+    "iso",
+    "slot_device",
+]
 
 log = logging.getLogger(__name__)
 
-CORE_BUSY_TIMEOUT_MS = 250  # the core never waits seconds on a lock: it retries instead
 PROFILE_KEYS = ("product", "price_cents", "capacity")
-
-
-@dataclass(frozen=True)
-class SlotState:
-    slot: int
-    product: str
-    price_cents: int
-    quantity: int
-    capacity: int
-    enabled: bool
-    fault: str | None
-    needs_recount: bool
-
-    @property
-    def sellable(self) -> bool:
-        return self.enabled and self.fault is None and self.quantity > 0
-
-
-@dataclass(frozen=True)
-class Fault:
-    device: str
-    code: str
-    since: str
-    detail: str
-    slot: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,39 +43,8 @@ class InterruptedVend:
     price_cents: int
 
 
-def iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def slot_device(slot: int) -> str:
-    """The device name of a slot's spiral in the faults table."""
-    return f"slot_{slot}"
-
-
-class Ledger:
+class Ledger(Upkeep):
     """The kiosk's books, opened on `path`; `now` gives the wall-clock time of each record."""
-
-    def __init__(self, path: str | Path, now: Callable[[], datetime]) -> None:
-        self.path = str(path)
-        self._now = now
-        self.db, self.created = open_ledger(path, busy_timeout_ms=CORE_BUSY_TIMEOUT_MS)
-        self.schema_version = schema_version(self.db, path)
-
-    def close(self) -> None:
-        self.db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[str]:
-        """One transaction; yields its timestamp."""
-        try:
-            with self.db.atomic():
-                yield iso(self._now())
-        except sqlite3.OperationalError as err:  # locked, full, I/O: storage, worth a retry
-            raise LedgerError(f"ledger {self.path}: write failed: {err}") from err
-
-    def _one(self, sql: str, params: Any = ()) -> Any:
-        row = self.db.execute(sql, params).fetchone()
-        return None if row is None else row[0]
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -168,6 +118,17 @@ class Ledger:
         ]
         for vend in found:
             self.interrupt_vend(vend.vend_id, "kiosk restarted during the vend; not charged")
+        with self._tx() as at:
+            for test_id, slot in self.db.execute(
+                "SELECT id, slot FROM test_vends WHERE outcome = 'pending'"
+            ).fetchall():
+                self.db.execute(
+                    "UPDATE test_vends SET outcome = 'interrupted', ended_at = ? WHERE id = ?",
+                    [at, test_id],
+                )
+                self.db.execute("UPDATE stock SET needs_recount = 1 WHERE slot = ?", [slot])
+                detail = f"test vend {test_id}: kiosk restarted during it; recount"
+                self._event(at, "vend_interrupted", detail, slot)
         return found
 
     def interrupt_vend(self, vend_id: int, detail: str, fault: Fault | None = None) -> None:
@@ -195,26 +156,6 @@ class Ledger:
         return int(
             self._one("SELECT balance_cents FROM credit_sessions WHERE closed_at IS NULL") or 0
         )
-
-    def slots(self) -> dict[int, SlotState]:
-        rows = self.db.execute(
-            "SELECT s.slot, product, price_cents, quantity, capacity, enabled, "
-            "(SELECT min(code) FROM faults f WHERE f.device = 'slot_' || s.slot), needs_recount "
-            "FROM stock s ORDER BY s.slot"
-        )
-        return {
-            r[0]: SlotState(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], bool(r[7]))
-            for r in rows
-        }
-
-    def faults(self) -> list[Fault]:
-        """The active faults, oldest first."""
-        return [
-            Fault(*row)
-            for row in self.db.execute(
-                "SELECT device, code, since, detail, slot FROM faults ORDER BY since, device, code"
-            )
-        ]
 
     # --- money -------------------------------------------------------------------------------
 
@@ -323,44 +264,6 @@ class Ledger:
             [at, reason, session],
         )
 
-    # --- stock -------------------------------------------------------------------------------
-
-    def refill(self, slot: int, asked: int, actor: str) -> int:
-        """Add up to `asked` products to `slot`, as many as fit; a cap is recorded with the
-        refill. Returns how many were added."""
-        with self._tx() as at:
-            quantity, capacity = self.db.execute(
-                "SELECT quantity, capacity FROM stock WHERE slot = ?", [slot]
-            ).fetchone()
-            added = max(0, min(asked, capacity - quantity))
-            if added < asked:
-                detail = f"{asked} asked, {added} fit (capacity {capacity})"
-                self._event(at, "refill_capped", detail, slot, actor)
-            if added:
-                self.db.execute(
-                    "UPDATE stock SET quantity = quantity + ? WHERE slot = ?", [added, slot]
-                )
-                self._count(at, slot, "refill", added, actor)
-        return int(added)
-
-    def set_price(self, slot: int, price_cents: int, actor: str) -> None:
-        """A live price (a technician's or the city's); a restart keeps it."""
-        with self._tx() as at:
-            old = self._one("SELECT price_cents FROM stock WHERE slot = ?", [slot])
-            if old is None:
-                raise LedgerError(f"no slot {slot}")
-            self.db.execute("UPDATE stock SET price_cents = ? WHERE slot = ?", [price_cents, slot])
-            detail = f"price_cents {old} -> {price_cents}"
-            self._event(at, "slot_changed", detail, slot, actor, code="price_cents")
-
-    def _count(self, at: str, slot: int, kind: str, quantity: int, actor: str) -> None:
-        last_sale = self._one("SELECT coalesce(max(id), 0) FROM sales")
-        self.db.execute(
-            "INSERT INTO stock_counts (at, slot, kind, quantity, last_sale_id, actor) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [at, slot, kind, quantity, last_sale, actor],
-        )
-
     # --- faults and events -------------------------------------------------------------------
 
     def set_fault(self, fault: Fault, cursor: str = "") -> bool:
@@ -369,40 +272,30 @@ class Ledger:
             self._advance(cursor)
             return self._set_fault(at, fault)
 
-    def clear_fault(self, device: str, code: str, detail: str, actor: str = "kiosk") -> bool:
+    def clear_fault(self, device: str, code: str, detail: str, by: Actor = KIOSK) -> bool:
         """Clear one fault with its event; False if it was not active."""
         with self._tx() as at:
-            return self._clear_fault(at, device, code, detail, actor)
+            return self._clear_fault(at, device, code, detail, by)
 
-    def close_door(self, clears: list[tuple[str, str]], actor: str) -> list[Fault]:
-        """The door closed after a service visit: the faults a technician repairs (every slot's,
-        and those in `clears`) are cleared with the door's event. Returns the faults cleared."""
+    def close_door(self, by: Actor) -> list[Fault]:
+        """The door closed after a service visit: the faults a technician repairs are cleared
+        with the door's event. Returns the faults cleared."""
         with self._tx() as at:
-            self._event(at, "door_closed", "", None, actor, device="door")
-            cleared = [
-                f
-                for f in self._faults()
-                if f.device.startswith("slot_") or (f.device, f.code) in clears
-            ]
-            for f in cleared:
-                self._clear_fault(at, f.device, f.code, "serviced", actor)
-        return cleared
+            self._event(at, "door_closed", "", None, by.user, device="door", origin=by.origin)
+            return self._end_visit(at, by)
 
     def record_outage(self, fault: Fault, cleared: str) -> None:
         """A fault that could not be written while it lasted (storage): set and cleared now."""
         with self._tx() as at:
             self._set_fault(at, fault)
-            self._clear_fault(at, fault.device, fault.code, cleared, "kiosk")
-
-    def now_iso(self) -> str:
-        return iso(self._now())
+            self._clear_fault(at, fault.device, fault.code, cleared)
 
     def record_event(
         self,
         kind: str,
         detail: str = "",
         slot: int | None = None,
-        actor: str = "kiosk",
+        by: Actor = KIOSK,
         *,
         device: str | None = None,
         code: str | None = None,
@@ -410,60 +303,8 @@ class Ledger:
     ) -> None:
         with self._tx() as at:
             self._advance(cursor)
-            self._event(at, kind, detail, slot, actor, device=device, code=code)
+            self._event(at, kind, detail, slot, by.user, device=device, code=code, origin=by.origin)
 
     def advance_cursor(self, cursor: str) -> None:
         with self._tx():
             self._advance(cursor)
-
-    def _set_fault(self, at: str, fault: Fault) -> bool:
-        if self._one(
-            "SELECT count(*) FROM faults WHERE device = ? AND code = ?", [fault.device, fault.code]
-        ):
-            return False
-        self.db.execute(
-            "INSERT INTO faults (device, code, since, detail, slot) VALUES (?, ?, ?, ?, ?)",
-            [fault.device, fault.code, fault.since or at, fault.detail, fault.slot],
-        )
-        self._event(at, "fault", fault.detail, fault.slot, device=fault.device, code=fault.code)
-        return True
-
-    def _clear_fault(self, at: str, device: str, code: str, detail: str, actor: str) -> bool:
-        slot = self._one("SELECT slot FROM faults WHERE device = ? AND code = ?", [device, code])
-        gone = self.db.execute(
-            "DELETE FROM faults WHERE device = ? AND code = ?", [device, code]
-        ).rowcount
-        if gone:
-            self._event(at, "fault_cleared", detail, slot, actor, device=device, code=code)
-        return bool(gone)
-
-    def _faults(self) -> list[Fault]:
-        return [
-            Fault(*row)
-            for row in self.db.execute("SELECT device, code, since, detail, slot FROM faults")
-        ]
-
-    def _event(
-        self,
-        at: str,
-        kind: str,
-        detail: str,
-        slot: int | None,
-        actor: str = "kiosk",
-        *,
-        device: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        self.db.execute(
-            "INSERT INTO events (at, kind, device, code, slot, detail, actor) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [at, kind, device, code, slot, detail, actor],
-        )
-
-    def _advance(self, cursor: str) -> None:
-        """The acceptor's cursor moves with the record of the event it stands after."""
-        if cursor:
-            self._set_meta("acceptor_cursor", cursor)
-
-    def _set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])

@@ -127,4 +127,36 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         INSERT INTO slot_profile SELECT slot, product, price_cents, capacity FROM stock
         """,
     ),
+    (
+        4,
+        "technician service: origins, collections counted, test vends, audit reads",
+        """
+        ALTER TABLE events ADD COLUMN origin TEXT NOT NULL DEFAULT 'kiosk';
+        ALTER TABLE collections ADD COLUMN expected_cents INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE collections ADD COLUMN counted_cents INTEGER;
+        ALTER TABLE collections ADD COLUMN origin TEXT NOT NULL DEFAULT 'kiosk';
+        CREATE TABLE test_vends (
+            id INTEGER PRIMARY KEY,
+            slot INTEGER NOT NULL REFERENCES stock(slot),
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            outcome TEXT NOT NULL DEFAULT 'pending',
+            detail TEXT,
+            actor TEXT NOT NULL
+        );
+        ALTER TABLE stock_counts ADD COLUMN last_test_vend_id INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE audit_reads (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            reset INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            last_coin_id INTEGER NOT NULL,
+            last_vend_id INTEGER NOT NULL,
+            last_test_vend_id INTEGER NOT NULL,
+            last_event_id INTEGER NOT NULL,
+            last_donation_id INTEGER NOT NULL
+        )
+        """,
+    ),
 ]

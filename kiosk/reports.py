@@ -4,7 +4,8 @@ Invariants:
 - money: coins accepted = sales + donations + open credit, and every credit session's balance
   equals its coins less its sales and donations;
 - cash box: coins since the last collection = cash box content, per denomination;
-- stock: per slot, last count + refills since - sales since = stock now, never below zero.
+- stock: per slot, last count + refills since - sales and test vends delivered since = stock
+  now, never below zero.
 """
 
 from __future__ import annotations
@@ -85,14 +86,14 @@ def check_stock(db: Database) -> Check:
     check = Check("stock")
     for slot, quantity in db.execute("SELECT slot, quantity FROM stock ORDER BY slot"):
         last = db.execute(
-            "SELECT id, quantity, last_sale_id FROM stock_counts WHERE slot = ? AND kind = 'count' "
-            "ORDER BY id DESC LIMIT 1",
+            "SELECT id, quantity, last_sale_id, last_test_vend_id FROM stock_counts "
+            "WHERE slot = ? AND kind = 'count' ORDER BY id DESC LIMIT 1",
             [slot],
         ).fetchone()
         if last is None:
             check.differences.append(f"slot {slot}: never counted")
             continue
-        count_id, counted, last_sale = last
+        count_id, counted, last_sale, last_test = last
         refills = _scalar(
             db,
             "SELECT sum(quantity) FROM stock_counts WHERE slot = ? AND kind = 'refill' AND id > ?",
@@ -100,12 +101,16 @@ def check_stock(db: Database) -> Check:
         )
         sold = _scalar(
             db, "SELECT count(*) FROM sales WHERE slot = ? AND id > ?", [slot, last_sale]
+        ) + _scalar(
+            db,
+            "SELECT count(*) FROM test_vends WHERE slot = ? AND id > ? AND outcome = 'delivered'",
+            [slot, last_test],
         )
         expected = counted + refills - sold
         if expected != quantity:
             check.differences.append(
-                f"slot {slot}: count {counted} + refills {refills} - sales {sold} = {expected}, "
-                f"stock says {quantity}"
+                f"slot {slot}: count {counted} + refills {refills} - delivered {sold} "
+                f"= {expected}, stock says {quantity}"
             )
         if quantity < 0:
             check.differences.append(f"slot {slot}: stock below zero ({quantity})")

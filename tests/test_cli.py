@@ -196,7 +196,7 @@ TAMPERING = [
     (
         "UPDATE stock SET quantity = quantity + 1 WHERE slot = 2",
         "stock",
-        r"slot 2: count \d+ \+ refills \d+ - sales \d+ = \d+, stock says \d+",
+        r"slot 2: count \d+ \+ refills \d+ - delivered \d+ = \d+, stock says \d+",
     ),
     (
         "UPDATE coins SET value_cents = 2"

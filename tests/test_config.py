@@ -412,7 +412,8 @@ def _assert_in_range(config: Config) -> None:
     for part in [*(getattr(config, name) for name in config_mod.SECTIONS), settings, *config.slots]:
         for f in dataclasses.fields(part):
             value = getattr(part, f.name)
-            for item in value if isinstance(value, tuple) else (value,):
+            items = value.values() if isinstance(value, dict) else value
+            for item in items if isinstance(value, tuple | dict) else (value,):
                 if "min" in f.metadata and item is not None:
                     assert item >= f.metadata["min"], f.name
                 if "max" in f.metadata and item is not None:

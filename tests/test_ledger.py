@@ -11,10 +11,13 @@ import pytest
 from kiosk import reports
 from kiosk.config import Config
 from kiosk.errors import LedgerError
-from kiosk.ledger import CORE_BUSY_TIMEOUT_MS, Ledger
+from kiosk.ledger import Actor, Ledger
+from kiosk.ledger_base import CORE_BUSY_TIMEOUT_MS
 from kiosk.migrations import MIGRATIONS
 from kiosk.schema import connect
 from sim.clock import SimClock
+
+TECH = Actor("technician", "panel")
 
 
 @pytest.fixture
@@ -113,7 +116,7 @@ def test_a_failed_vend_charges_nothing_and_marks_the_slot(books: Ledger, db_path
     assert books.slots()[1].fault == "jammed"
     assert not books.slots()[1].sellable
     assert failed(db_path) == {}
-    [cleared] = books.close_door([], "technician")
+    [cleared] = books.close_door(TECH)
     assert (cleared.device, cleared.code, cleared.slot) == ("slot_1", "jammed", 1)
     assert books.slots()[1].sellable
     kinds = [r[0] for r in books.db.execute("SELECT kind FROM events ORDER BY id")]
@@ -156,7 +159,7 @@ def test_refills_keep_the_stock_invariant(books: Ledger, db_path: Path) -> None:
     for _ in range(4):
         books.record_coin(5)
     books.complete_sale(books.start_vend(1, 20), "dropped")
-    assert books.refill(1, 2, "technician") == 1  # one fits: the spiral holds 12
+    assert books.refill(1, 2, TECH, capped=True) == 1  # one fits: the spiral holds 12
     assert books.slots()[1].quantity == 12
     capped = books.db.execute("SELECT detail FROM events WHERE kind = 'refill_capped'")
     assert capped.fetchone()[0] == "2 asked, 1 fit (capacity 12)"

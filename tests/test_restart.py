@@ -11,6 +11,7 @@ from conftest import KioskMaker
 from scenarios import broken_invariants, event_codes, event_kinds, pay, service_visit
 
 from kiosk.config import Config
+from kiosk.ledger import Actor
 from kiosk.machine import State
 from sim.rig import SimKiosk
 
@@ -99,7 +100,7 @@ def test_every_restart_is_counted(make_kiosk: KioskMaker, kiosk: SimKiosk) -> No
 def test_a_live_price_survives_a_restart_until_the_profile_changes_it(
     make_kiosk: KioskMaker, kiosk: SimKiosk, config: Config
 ) -> None:
-    kiosk.ledger.set_price(1, 25, "technician")
+    kiosk.ledger.set_price(1, 25, Actor("technician", "cli"))
     kiosk = make_kiosk.restart(kiosk)
     assert kiosk.controller.slots[1].price_cents == 25  # the profile's 20 c is not re-applied
     kiosk.close()
