@@ -11,7 +11,7 @@ import enum
 import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,12 +119,16 @@ class DeviceNotice:
 @dataclass(frozen=True)
 class DeviceReady:
     """A device is identified and set up; `faults` are the codes of its faults active now, so
-    that faults restored from the ledger but gone meanwhile are cleared."""
+    that faults restored from the ledger but gone meanwhile are cleared. `identity`: what the
+    device says it is, by key ("manufacturer", "product", "serial", "software", "coins", ...;
+    empty for a device that tells nothing), for the ledger and the audit."""
 
     device: str
     detail: str
     at: float
     faults: frozenset[str] = field(default_factory=frozenset)
+    # Left out of the hash (a mapping has none), so that the event stays hashable.
+    identity: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,20 @@ Event = (
 # --- device interfaces --------------------------------------------------------------------------
 
 
+def check_denominations(cents: frozenset[int], coins_cents: tuple[int, ...]) -> frozenset[int]:
+    """`cents` if every value is one of the coins the kiosk accepts; ValueError naming the
+    others."""
+    asked = frozenset(cents)
+    unknown = sorted(asked - set(coins_cents))
+    if unknown:
+        listed = ", ".join(str(c) for c in sorted(coins_cents))
+        raise ValueError(
+            f"{', '.join(str(c) for c in unknown)} c: not among the coins this kiosk accepts "
+            f"({listed} c, kiosk.accepted_coins_cents)"
+        )
+    return asked
+
+
 class CoinAcceptor(ABC):
     """A coin acceptor: emits DeviceReady once set up, then CoinAccepted, CoinRejected,
     DeviceNotice and DeviceFault events. Its deadlines run on a worker of the clock.
@@ -162,6 +180,9 @@ class CoinAcceptor(ABC):
     """
 
     name: str
+    coins_cents: tuple[int, ...]  # the coins the kiosk accepts, as the constructor was given
+    # Where a technician chooses the coins of an acceptor that takes or refuses all together.
+    coin_choice = "see its manual"
 
     @abstractmethod
     def resume_from(self, cursor: str | None) -> None:
@@ -181,6 +202,22 @@ class CoinAcceptor(ABC):
     @property
     @abstractmethod
     def is_accepting(self) -> bool: ...
+
+    def set_denominations(self, cents: frozenset[int]) -> None:
+        """Take only the coins of these values (some of `coins_cents`) from now on and refuse
+        the others, whenever coins are accepted at all (set_accepting); never waits on the
+        device. ValueError for a value the kiosk does not accept. This default is for an
+        acceptor with one inhibit for all its coins: the full set only, else DeviceError."""
+        if check_denominations(cents, self.coins_cents) != frozenset(self.coins_cents):
+            raise DeviceError(
+                f"the {self.name} coin acceptor takes or refuses all its coins together; choose "
+                f"the coins it takes on the acceptor itself ({self.coin_choice})"
+            )
+
+    @property
+    def denominations(self) -> frozenset[int]:
+        """The coin values asked of the acceptor now (all of `coins_cents` at first)."""
+        return frozenset(self.coins_cents)
 
     @property
     def reading(self) -> bool:

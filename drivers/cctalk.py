@@ -2,11 +2,11 @@
 
 The serial shell around the sans-IO session (drivers.cctalk_session): one poller worker owns the
 port and drives the session's procedures over the transport; the core only sets what it wants
-(accepting or not) and receives events, and never waits on the line. The port may come and go:
-absent at start, it is tried again every `REOPEN_S`; failing under us (an unplugged USB
-interface), it is closed, the device reported lost, and reopened until the device answers, its
-identity is checked again and coins are enabled again. Each recovery attempt reopens the port, so
-a device node that was replaced (same path, new device) is picked up.
+(accepting or not, which coin values) and receives events, and never waits on the line. The port
+may come and go: absent at start, it is tried again every `REOPEN_S`; failing under us (an
+unplugged USB interface), it is closed, the device reported lost, and reopened until the device
+answers, its identity is checked again and coins are enabled again. Each recovery attempt
+reopens the port, so a device node that was replaced (same path, new device) is picked up.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class CcTalkCoinAcceptor(CoinAcceptor):
         emit: Emit,
         pin_factory: Any = None,  # no pins: the acceptor is on a serial port
     ) -> None:
+        self.coins_cents = coins_cents
         self._settings = settings
         self._clock = clock
         self._emit = emit
@@ -111,6 +112,16 @@ class CcTalkCoinAcceptor(CoinAcceptor):
     @property
     def is_accepting(self) -> bool:
         return self.session.is_accepting
+
+    def set_denominations(self, cents: frozenset[int]) -> None:
+        """Per coin position: the poller sends the inhibit mask at its next exchange."""
+        self.session.set_denominations(cents)
+        if self._worker is not None:
+            self._worker.wake()
+
+    @property
+    def denominations(self) -> frozenset[int]:
+        return self.session.denominations
 
     def close(self) -> None:
         """Stop polling, then inhibit the device: tried even if it was lost, since it may

@@ -8,13 +8,16 @@ Start-up: simple poll, equipment category, manufacturer, product code, serial nu
 and comms revisions, coin ids 1-16 (position -> value, cross-checked with the accepted coins),
 option flags (credit codes as values), inhibit width, self-check, one 229 read to seed the event
 counter (what is already buffered is never credited, unless the ledger's cursor says it was read
-by this kiosk from this device), inhibit masks and master inhibit. Then header 229 every
-`poll_interval_s`: new events are counted with the 255 -> 1 wrap; more than five new events are
-lost events, unless the counter and the empty pairs say the device was reset meanwhile; a counter
-back at 0 is a reset (inhibits and master enable are sent again). Only credit pairs credit.
-Every event handled moves the cursor, so a restart neither re-reads nor misses one. After
-`lost_after` failed exchanges the device is lost: a start-up is tried each second until it answers.
-While the self-check reports a fault, 232 is polled instead of 229.
+by this kiosk from this device), inhibit masks and master inhibit. The inhibit mask enables the
+coin positions whose value the kiosk takes now (`denominations`: all the accepted coins unless
+the technician narrowed them); a change is sent at the next exchange, and every re-send (after a
+reset, a fault, a lost device) carries the same mask. Then header 229 every `poll_interval_s`:
+new events are counted with the 255 -> 1 wrap; more than five new events are lost events, unless
+the counter and the empty pairs say the device was reset meanwhile; a counter back at 0 is a
+reset (inhibits and master enable are sent again). Only credit pairs credit. Every event handled
+moves the cursor, so a restart neither re-reads nor misses one. After `lost_after` failed
+exchanges the device is lost: a start-up is tried each second until it answers. While the
+self-check reports a fault, 232 is polled instead of 229.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from drivers.base import (
     DeviceFault,
     DeviceNotice,
     DeviceReady,
+    check_denominations,
 )
 from drivers.cctalk_events import EventClass, classify, fault_name
 
@@ -139,6 +143,19 @@ class Identity:
             f"{self.software}, comms {self.comms}"
         )
 
+    def as_fields(self) -> dict[str, str]:
+        """By key, for DeviceReady: the programmed coin ids by position, "1:EU001A 2:EU002A"."""
+        coins = " ".join(f"{p}:{cid}" for p, cid in sorted(self.coin_ids.items()) if cid.strip("."))
+        return {
+            "manufacturer": self.manufacturer,
+            "product": self.product,
+            "serial": str(self.serial),
+            "software": self.software,
+            "category": self.category,
+            "comms": self.comms,
+            "coins": coins,
+        }
+
 
 class CcTalkSession:
     """The state of one coin acceptor as the host knows it. Not thread-safe: one owner."""
@@ -159,6 +176,8 @@ class CcTalkSession:
         self.values: dict[int, int] = {}  # coin position -> cents
         self.cvf = False  # credit codes carry values, not positions
         self.wanted = False  # accepting, as the kiosk asks
+        self._asked = frozenset(coins_cents)  # the coin values to take, as the kiosk asks
+        self._mask_sent: int | None = None  # the inhibit mask the device last acknowledged
         self.accepting = False  # accepting, as last confirmed by the device
         self.lost = False
         self.fault = 0  # last non-zero self-check code
@@ -182,10 +201,20 @@ class CcTalkSession:
         return events
 
     def next_due(self) -> float:
-        """When the session wants the line next (now, if the master inhibit must change)."""
-        if self.wanted != self.accepting and self._ready and not self.lost and not self.fault:
+        """When the session wants the line next (now, if the master inhibit or the inhibit mask
+        must change)."""
+        if self._in_service() and (self.wanted != self.accepting or self._mask_due()):
             return 0.0
         return self._next_poll
+
+    @property
+    def denominations(self) -> frozenset[int]:
+        return self._asked
+
+    def set_denominations(self, cents: frozenset[int]) -> None:
+        """Take only coins of these values (some of the accepted coins) from now on: the mask is
+        sent at the next exchange. ValueError for a value the kiosk does not accept."""
+        self._asked = check_denominations(cents, self._coins)
 
     @property
     def is_accepting(self) -> bool:
@@ -206,8 +235,17 @@ class CcTalkSession:
                 yield from self._read_events((yield self._read_command()), now)
             self._failures = 0
             self._next_poll = now + self._interval()
-        if self.wanted != self.accepting and not self.lost and not self.fault:
+        if self._in_service() and self._mask_due():
+            yield from self._send_mask()
+        if self._in_service() and self.wanted != self.accepting:
             yield from self._send_master(self.wanted)
+
+    def _in_service(self) -> bool:
+        """Set up and answering with no fault: what the kiosk asks can be sent."""
+        return self._ready and not self.lost and not self.fault
+
+    def _mask_due(self) -> bool:
+        return self._mask() != self._mask_sent
 
     def failed(self, error: DeviceError, now: float) -> bool:
         """An exchange failed after the transport's retries. True when the device is now lost."""
@@ -280,7 +318,7 @@ class CcTalkSession:
             self.lost = False
             self._events.append(DeviceFault(DEVICE, "lost", False, f"answering: {ident}", now))
         faults = frozenset({f"self_check_{self.fault}"} if self.fault else ())
-        self._events.append(DeviceReady(DEVICE, str(ident), now, faults))
+        self._events.append(DeviceReady(DEVICE, str(ident), now, faults, ident.as_fields()))
 
     def _positions(self, coin_ids: dict[int, str]) -> dict[int, int]:
         whole = any(writes_fractions(cid) for cid in coin_ids.values())
@@ -338,9 +376,19 @@ class CcTalkSession:
         self.fault = fault
 
     def _apply_inhibits(self) -> Procedure:
-        mask = sum(1 << (p - 1) for p, v in self.values.items() if v in self._coins)
-        yield Command(MODIFY_INHIBIT, mask.to_bytes(self._mask_bytes, "little"), lengths=(0,))
+        yield from self._send_mask()
         yield from self._send_master(self.wanted)
+
+    def _mask(self) -> int:
+        """Inhibit bits (1 = enabled): the positions of the coin values asked now. Positions of
+        other values (coins the kiosk does not take, or not now) stay inhibited."""
+        asked = self._asked  # one reading: the kiosk's thread may change it meanwhile
+        return sum(1 << (p - 1) for p, v in self.values.items() if v in asked)
+
+    def _send_mask(self) -> Procedure:
+        mask = self._mask()
+        yield Command(MODIFY_INHIBIT, mask.to_bytes(self._mask_bytes, "little"), lengths=(0,))
+        self._mask_sent = mask
 
     def _send_master(self, accepting: bool) -> Procedure:
         yield Command(MASTER_INHIBIT, bytes([1 if accepting else 0]), lengths=(0,))

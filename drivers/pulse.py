@@ -207,9 +207,12 @@ class PulseDecoder:
 
 
 class PulseCoinAcceptor(CoinAcceptor):
-    """A pulse acceptor on `coin_pin`, with an optional inhibit output on `inhibit_pin`."""
+    """A pulse acceptor on `coin_pin`, with an optional inhibit output on `inhibit_pin`. Its one
+    inhibit line holds back every coin at once, so it takes all the configured denominations or
+    none (set_denominations accepts the full set only)."""
 
     name = "pulse"
+    coin_choice = "its DIP switches or teach mode"
 
     def __init__(
         self,
@@ -220,6 +223,7 @@ class PulseCoinAcceptor(CoinAcceptor):
         pin_factory: Any = None,
     ) -> None:
         settings.check_coins(coins_cents)
+        self.coins_cents = coins_cents
         self._settings = settings
         self._clock = clock
         self._emit = emit
@@ -254,9 +258,15 @@ class PulseCoinAcceptor(CoinAcceptor):
         self._worker = self._clock.start_worker("pulse acceptor", self, self._emit)
         now = self._clock.monotonic()
         stuck = frozenset({"line_stuck"} if self._line.is_active else ())
-        self._emit(DeviceReady(DEVICE, f"pulse acceptor on GPIO{s.coin_pin}", now, stuck))
+        detail = f"pulse acceptor on GPIO{s.coin_pin}"
+        self._emit(DeviceReady(DEVICE, detail, now, stuck, self._identity()))
         if self._line.is_active:  # held low already: the decoder's deadline will say so
             self._on_low()
+
+    def _identity(self) -> dict[str, str]:
+        """All a pulse acceptor can tell of itself: its pulse code, as configured."""
+        coins = ", ".join(f"{v} c: {n} pulses" for v, n in sorted(self._settings.pulses.items()))
+        return {"product": "pulse coin acceptor", "coins": coins}
 
     def _on_low(self) -> None:
         now = self._clock.monotonic()

@@ -103,6 +103,37 @@ def test_the_kiosk_identifies_the_device(kiosk: SimKiosk) -> None:
     assert kiosk.hardware.acceptor.values == {1: 1, 2: 2, 3: 5, 4: 10, 5: 20}  # type: ignore[attr-defined]
 
 
+def test_a_coin_value_refused_at_run_time_is_handed_back_the_others_credited(
+    kiosk: SimKiosk,
+) -> None:
+    acceptor, dev = kiosk.hardware.acceptor, device(kiosk)
+    acceptor.set_denominations(frozenset({1, 5}))
+    kiosk.run_for(0.5)
+    assert acceptor.denominations == frozenset({1, 5})
+    assert dev.masks == 0b101 and dev.master_enabled
+    assert not kiosk.world.insert_coin(2)  # handed back with an "inhibited coin" event
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 0
+    assert event_kinds(kiosk).count("coin_rejected") == 1
+    for value in (5, 1):
+        assert kiosk.world.insert_coin(value)
+        kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 6
+    dev.power_cycle()
+    kiosk.run_for(0.5)
+    assert "notice coin_acceptor:reset" in event_codes(kiosk)
+    assert dev.masks == 0b101  # sent again after the reset, still without the 2 c
+    assert not kiosk.world.insert_coin(2)
+    acceptor.set_denominations(frozenset({1, 2, 5}))
+    kiosk.run_for(0.5)
+    assert dev.masks == 0b111
+    assert kiosk.world.insert_coin(2)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.credit_cents == 8
+    assert dev.truth.returned == [2, 2]
+    assert_books_match_the_device(kiosk)
+
+
 def test_coins_are_inhibited_while_vending(kiosk: SimKiosk) -> None:
     for value in (5, 5):
         kiosk.world.insert_coin(value)

@@ -288,6 +288,89 @@ def test_the_master_inhibit_follows_the_kiosk_at_once() -> None:
     assert device.sent == [(228, b"\x00")] and not s.is_accepting
 
 
+# --- coin values taken at run time and the identity by key ------------------------------------
+
+
+def inhibit_masks(device: Device) -> list[bytes]:
+    return [data for header, data in device.sent if header == 231]
+
+
+def test_the_coin_values_asked_are_sent_as_the_inhibit_mask_at_once() -> None:
+    device = Device()
+    s = session(device)
+    device.sent.clear()
+    s.set_denominations(frozenset({1, 5}))
+    assert s.denominations == frozenset({1, 5})
+    assert s.next_due() == 0.0  # not at the next poll
+    step(s, device, 0.01)
+    assert device.sent == [(231, b"\x11\x00")]  # positions 1 and 5; the master inhibit stays
+    assert s.is_accepting and s.next_due() == 0.15
+    s.set_denominations(frozenset({1, 2, 5}))
+    step(s, device, 0.02)
+    assert inhibit_masks(device) == [b"\x11\x00", b"\x13\x00"]
+
+
+def test_every_resend_of_the_inhibits_carries_the_coin_values_asked() -> None:
+    device = Device(counter=30)
+    s = CcTalkSession((1, 2, 5), where="test", poll_interval_s=0.15, lost_after=3)
+    s.wanted = True
+    s.set_denominations(frozenset({2}))  # before the start-up: its own mask says so
+    step(s, device, 0.0)
+    device.reset()  # the counter back at 0
+    step(s, device, 1.0)
+    device.events((0, 2))  # an inhibited coin while accepting: the masks are sent again
+    step(s, device, 2.0)
+    device.fault = 3
+    device.events((0, 6))
+    step(s, device, 3.0)
+    s.set_denominations(frozenset({2, 5}))  # the device has inhibited itself: nothing to send
+    assert s.next_due() == 4.0
+    device.fault = 0
+    step(s, device, 4.0)  # the fault cleared: the inhibits again
+    device.silent = set(range(256))
+    for t in (5.0, 6.0, 7.0):
+        step(s, device, t)
+    assert s.lost
+    device.silent = set()
+    step(s, device, 8.0)  # found again: a start-up
+    assert inhibit_masks(device) == [b"\x02\x00"] * 3 + [b"\x12\x00"] * 2
+    assert s.is_accepting
+
+
+def test_a_mask_the_device_did_not_acknowledge_is_sent_again() -> None:
+    device = Device()
+    s = session(device)
+    s.set_denominations(frozenset({5}))
+    device.silent = {231}
+    step(s, device, 0.01)
+    assert s.next_due() == 0.0  # still owed to the device
+    device.silent = set()
+    device.sent.clear()
+    step(s, device, 0.02)
+    assert device.sent == [(231, b"\x10\x00")]
+
+
+def test_a_coin_value_the_kiosk_does_not_accept_is_refused() -> None:
+    s = session(Device())
+    with pytest.raises(ValueError, match=r"^10, 20 c: not among the coins this kiosk accepts"):
+        s.set_denominations(frozenset({1, 10, 20}))
+    assert s.denominations == frozenset({1, 2, 5}) and s.next_due() == 0.15
+
+
+def test_the_ready_event_tells_the_identity_by_key() -> None:
+    ready = next(e for e in started(Device())[1] if isinstance(e, DeviceReady))
+    assert ready.identity == {
+        "manufacturer": "Test",
+        "product": "T1",
+        "serial": "4242",
+        "software": "1.0",
+        "category": "Coin Acceptor",
+        "comms": "1.4.2",
+        "coins": " ".join(f"{p}:EU00{p}A" for p in range(1, 10)),
+    }
+    assert len({ready, ready}) == 1  # still hashable
+
+
 @pytest.mark.parametrize(
     ("coin_id", "cents"),
     [("EU001A", 1), ("EU.05A", 5), ("EU.50A", 50), ("EU200A", 200), ("GB010B", 10)]
@@ -330,6 +413,22 @@ def test_start_up_reads_identity_and_the_position_table(bench: Bench) -> None:
     assert credits(found) == [5]
     assert [e.code for e in found if isinstance(e, DeviceNotice)] == ["unknown_credit"]
     assert device.master_enabled
+
+
+def test_the_ready_event_carries_the_identity_of_the_simulated_device(bench: Bench) -> None:
+    ids = {1: "EU001A", 2: "EU002A", 3: "EU005A", 6: "TK000A"}
+    device = bench.sim(coin_ids=ids, serial_number=654_321)
+    acceptor = bench.acceptor(device.path)
+    [ready] = [e for e in acceptor.service(0.0) if isinstance(e, DeviceReady)]
+    assert ready.identity == {
+        "manufacturer": "Centimeo",
+        "product": "SIM-CA1",
+        "serial": "654321",
+        "software": "SIM-1.0",
+        "category": "Coin Acceptor",
+        "comms": "1.4.2",
+        "coins": "1:EU001A 2:EU002A 3:EU005A 6:TK000A",
+    }
 
 
 class NotAnAcceptor(SimCcTalkAcceptor):

@@ -296,6 +296,36 @@ def test_coins_arrive_as_events_after_their_train(
     assert [e.value_cents for e in got] == [1, 5, 2]
 
 
+def test_a_pulse_acceptor_takes_all_its_coins_or_none(
+    clock: SimClock, acceptor: PulseCoinAcceptor, mech: PulseCoinMech, events: queue.Queue[Any]
+) -> None:
+    acceptor.set_accepting(True)
+    acceptor.set_denominations(frozenset(COINS))  # the full set: nothing to change
+    with pytest.raises(DeviceError) as refused:
+        acceptor.set_denominations(frozenset({1, 5}))
+    assert str(refused.value) == (
+        "the pulse coin acceptor takes or refuses all its coins together; choose the coins it "
+        "takes on the acceptor itself (its DIP switches or teach mode)"
+    )
+    with pytest.raises(ValueError, match=r"^10 c: not among the coins this kiosk accepts"):
+        acceptor.set_denominations(frozenset({1, 2, 5, 10}))
+    assert acceptor.denominations == frozenset(COINS)
+    assert mech.insert(2)
+    assert [e.value_cents for e in run(clock, acceptor, events, 3.0)] == [2]
+
+
+def test_the_ready_event_tells_the_pulse_code(
+    clock: SimClock, factory: SimFactory, events: queue.Queue[Any]
+) -> None:
+    with PulseCoinAcceptor(SETTINGS, COINS, clock, events.put, factory) as device:
+        device.start()
+        [ready] = drain(events)
+    assert ready.identity == {
+        "product": "pulse coin acceptor",
+        "coins": "1 c: 2 pulses, 2 c: 4 pulses, 5 c: 10 pulses",
+    }
+
+
 def test_the_inhibit_is_asserted_until_accepting(
     acceptor: PulseCoinAcceptor, mech: PulseCoinMech, factory: SimFactory
 ) -> None:
