@@ -23,6 +23,7 @@ from drivers.base import (
     CoinAccepted,
     CoinRejected,
     CursorAdvanced,
+    DeviceError,
     DeviceFault,
     DeviceNotice,
     DeviceReady,
@@ -37,11 +38,12 @@ from kiosk.config import Config
 from kiosk.credit import CreditTimers
 from kiosk.deadlines import Deadlines
 from kiosk.errors import LedgerError
-from kiosk.events import DURABLE, CoreEvent, Refill, Shutdown
+from kiosk.events import DURABLE, Command, CoreEvent, Refill, Shutdown
 from kiosk.hardware import Hardware
 from kiosk.ledger import Actor, Fault, Ledger, SlotState
 from kiosk.machine import ACCEPTING, KioskModel, State, build
 from kiosk.screen import Screen, View
+from kiosk.service import Desk
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,9 @@ class Controller:
         self._storage_error: tuple[str, str] | None = None  # (since, what failed)
         self._running = False
         self._stop_after_vend = False
+        self.desk = Desk(self)
+        self.started_at = clock.monotonic()
+        self.identity: dict[str, str] = {}  # the coin acceptor's, as it last reported
 
     @property
     def state(self) -> State:
@@ -115,6 +120,7 @@ class Controller:
             and not self._pending
             and not self.hw.acceptor.reading
             and not self.hw.dispenser.busy
+            and not self.desk.testing
         )
 
     # --- start-up ----------------------------------------------------------------------------
@@ -132,9 +138,23 @@ class Controller:
                 self.model.faults.add((fault.device, fault.code))
         self.model.credit_cents = self.ledger.credit_cents()
         self.model.door_open = self.hw.panel.door_is_open
-        self._reload_slots()
+        self.model.service_mode = self.ledger.service_mode()
+        self.identity = self.ledger.identity(ACCEPTOR)
+        self.reload_slots()
+        self._restore_coins()
         self.hw.acceptor.resume_from(self.ledger.acceptor_cursor())
         self.hw.start()
+
+    def _restore_coins(self) -> None:
+        """The denominations a technician turned off stay off across restarts."""
+        off = self.ledger.inhibited_coins()
+        if not off:
+            return
+        acceptor = self.hw.acceptor
+        try:
+            acceptor.set_denominations(frozenset(acceptor.coins_cents) - off)
+        except (DeviceError, ValueError) as err:
+            log.warning("coins %s stay on: %s", sorted(off), err)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -252,6 +272,9 @@ class Controller:
 
     def _on_ready(self, event: DeviceReady) -> None:
         log.info("%s ready: %s", event.device, event.detail)
+        if event.device == ACCEPTOR and event.identity:
+            self.ledger.set_identity(ACCEPTOR, event.identity)
+            self.identity = dict(event.identity)
         for fault in self.ledger.faults():
             if fault.device == event.device and fault.code not in event.faults:
                 self.ledger.clear_fault(fault.device, fault.code, "not present at start")
@@ -273,7 +296,8 @@ class Controller:
                 self.ledger.set_fault(fault)
         except LedgerError:
             log.exception("cannot record the fault")
-        best_effort("slots reloaded", self._reload_slots)
+        self.desk.abort("the kiosk stopped selling on an internal error")
+        best_effort("slots reloaded", self.reload_slots)
         self.model.halt()
 
     # --- events ------------------------------------------------------------------------------
@@ -315,6 +339,8 @@ class Controller:
                 self.ledger.advance_cursor(event.cursor)
             case Refill():
                 self._on_refill(event)
+            case Command():
+                self.desk.handle(event)
             case Shutdown():
                 self._shutdown()
             case _:
@@ -366,6 +392,10 @@ class Controller:
             self.hw.dispenser.vend(slot_id)
 
     def _on_vend_finished(self, event: VendFinished) -> None:
+        if self._vend is None and self.desk.test_vend_finished(
+            event.slot, event.outcome, event.detail, SLOT_FAULTS.get(event.outcome)
+        ):
+            return
         if self._vend is None or self._vend[1] != event.slot:
             log.warning("vend result for slot %d with no vend running: ignored", event.slot)
             return
@@ -381,7 +411,7 @@ class Controller:
             self.ledger.fail_vend(vend_id, event.outcome, event.detail, fault)
             self.screen.say(now, "vend_failed", credit=self.credit_cents)
         self._vend = None
-        self._reload_slots()
+        self.reload_slots()
         self.model.vend_done()
         if self._stop_after_vend:
             self._running = False
@@ -392,7 +422,11 @@ class Controller:
             self.model.door_open = True
             if self.state in (State.IDLE, State.CREDIT, State.OUT_OF_SERVICE):
                 self.credit.stop()
-                self.model.open_door()
+                self.model.begin_service()
+            return
+        if self.model.service_mode:  # the visit goes on until `kiosk service off`
+            self.ledger.record_event("door_closed", by=PANEL, device="door")
+            self.model.door_open = False
             return
         # An error during the visit halts the kiosk with the door still open: out of service.
         visit = self.state is State.MAINTENANCE or (
@@ -407,9 +441,9 @@ class Controller:
         self.model.door_open = False
         for fault in cleared:
             self.model.faults.discard((fault.device, fault.code))
-        self._reload_slots()
+        self.reload_slots()
         if self.state is State.MAINTENANCE:
-            self.model.close_door()
+            self.model.end_service()
         else:
             self.model.recover()
 
@@ -420,7 +454,7 @@ class Controller:
             self.ledger.record_event("refill_refused", why, event.slot, PANEL)
             return
         if self.ledger.refill(event.slot, event.quantity, PANEL, capped=True):
-            self._reload_slots()
+            self.reload_slots()
 
     # --- credit policy -----------------------------------------------------------------------
 
@@ -449,7 +483,20 @@ class Controller:
 
     # --- outputs -----------------------------------------------------------------------------
 
-    def _reload_slots(self) -> None:
+    def resettle(self) -> None:
+        """After a change from outside (a slot, a price, a fault cleared): the state, LEDs and
+        coins follow."""
+        self.reload_slots()
+        if self.state in (State.IDLE, State.CREDIT) and self.model.is_blocked():
+            self.credit.stop()
+            self.model.fault()
+        elif self.state is State.OUT_OF_SERVICE and not self.model.is_blocked():
+            self.model.recover()
+        else:
+            self._outputs(self.state)
+            self._show_state()
+
+    def reload_slots(self) -> None:
         configured = {slot.id for slot in self.config.slots}
         self.slots = {k: v for k, v in self.ledger.slots().items() if k in configured}
         self.model.sellable = any(s.sellable for s in self.slots.values())

@@ -1,9 +1,12 @@
-"""The events the core handles: the devices' (drivers.base), and its own (a technician's refill, a
-stop). Those the books must hold are DURABLE: kept, in order, until their write commits."""
+"""The events the core handles: the devices' (drivers.base), and its own (products put in by
+hand, a request from the control socket or MQTT, a stop). Those the books must hold are DURABLE:
+kept, in order, until their write commits."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from drivers.base import (
     CoinAccepted,
@@ -16,6 +19,8 @@ from drivers.base import (
     Event,
     VendFinished,
 )
+from kiosk.ledger_base import Actor
+from kiosk.requests import Request
 
 
 @dataclass(frozen=True)
@@ -27,11 +32,21 @@ class Refill:
 
 
 @dataclass(frozen=True)
+class Command:
+    """A checked request from outside (kiosk/requests.py) and where to send its one reply:
+    {"ok": true, "result": ...} or {"ok": false, "error": reason}. `reply` never blocks."""
+
+    request: Request
+    by: Actor
+    reply: Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
 class Shutdown:
     """Stop the loop; the owner then closes the hardware and the ledger."""
 
 
-CoreEvent = Event | Refill | Shutdown
+CoreEvent = Event | Refill | Command | Shutdown
 DURABLE = (
     CoinAccepted,
     CoinRejected,

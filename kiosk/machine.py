@@ -1,9 +1,9 @@
 """The kiosk's state machine: the states and the transition table are the readable spec.
 
 Triggers are verbs the core fires from its one thread. "Settling" triggers (ready, vend_done,
-close_door, recover) pick their destination from the model's conditions, first match wins:
-door open -> maintenance, a blocking fault or nothing to sell -> out_of_service,
-credit left -> credit, else idle.
+end_service, recover) pick their destination from the model's conditions, first match wins:
+in service (the door open, or service mode set from the CLI) -> maintenance, a blocking fault
+or nothing to sell -> out_of_service, credit left -> credit, else idle.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ class State(enum.StrEnum):
 S = State
 
 
-def _settle(trigger: str, source: list[State], *, door: bool) -> list[dict[str, Any]]:
+def _settle(trigger: str, source: list[State], *, service: bool) -> list[dict[str, Any]]:
     branches: list[tuple[State, str | None]] = [
         (S.OUT_OF_SERVICE, "is_blocked"),
         (S.CREDIT, "has_credit"),
         (S.IDLE, None),
     ]
-    if door:
-        branches.insert(0, (S.MAINTENANCE, "door_is_open"))
+    if service:
+        branches.insert(0, (S.MAINTENANCE, "in_service"))
     return [
         {"trigger": trigger, "source": source, "dest": dest}
         | ({"conditions": condition} if condition else {})
@@ -44,15 +44,19 @@ def _settle(trigger: str, source: list[State], *, door: bool) -> list[dict[str, 
 
 
 TRANSITIONS: list[dict[str, Any]] = [
-    *_settle("ready", [S.STARTING], door=True),
+    *_settle("ready", [S.STARTING], service=True),
     {"trigger": "insert_coin", "source": S.IDLE, "dest": S.CREDIT},
     {"trigger": "select", "source": S.CREDIT, "dest": S.VENDING},
-    *_settle("vend_done", [S.VENDING], door=True),
+    *_settle("vend_done", [S.VENDING], service=True),
     {"trigger": "donate", "source": S.CREDIT, "dest": S.IDLE},
-    {"trigger": "open_door", "source": [S.IDLE, S.CREDIT, S.OUT_OF_SERVICE], "dest": S.MAINTENANCE},
-    *_settle("close_door", [S.MAINTENANCE], door=False),
+    {
+        "trigger": "begin_service",
+        "source": [S.IDLE, S.CREDIT, S.OUT_OF_SERVICE],
+        "dest": S.MAINTENANCE,
+    },
+    *_settle("end_service", [S.MAINTENANCE], service=False),
     {"trigger": "fault", "source": [S.IDLE, S.CREDIT], "dest": S.OUT_OF_SERVICE},
-    *_settle("recover", [S.OUT_OF_SERVICE], door=False),
+    *_settle("recover", [S.OUT_OF_SERVICE], service=False),
     {"trigger": "halt", "source": "*", "dest": S.OUT_OF_SERVICE},
 ]
 
@@ -67,13 +71,14 @@ class KioskModel:
 
     def __init__(self, on_enter: Callable[[State], None] = lambda state: None) -> None:
         self.door_open = False
+        self.service_mode = False  # maintenance asked from the CLI, the door closed
         self.faults: set[tuple[str, str]] = set()  # blocking faults: (device, code)
         self.sellable = True
         self.credit_cents = 0
         self._on_enter = on_enter
 
-    def door_is_open(self) -> bool:
-        return self.door_open
+    def in_service(self) -> bool:
+        return self.door_open or self.service_mode
 
     def is_blocked(self) -> bool:
         return bool(self.faults) or not self.sellable
@@ -90,8 +95,8 @@ class KioskModel:
     select: Callable[[], bool]
     vend_done: Callable[[], bool]
     donate: Callable[[], bool]
-    open_door: Callable[[], bool]
-    close_door: Callable[[], bool]
+    begin_service: Callable[[], bool]
+    end_service: Callable[[], bool]
     fault: Callable[[], bool]
     recover: Callable[[], bool]
     halt: Callable[[], bool]

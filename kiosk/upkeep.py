@@ -11,7 +11,7 @@ core's: kiosk/service.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sqlite_utils import Database
@@ -171,20 +171,31 @@ class Upkeep(LedgerBase):
     def service_mode(self) -> bool:
         return self.meta(SERVICE_MODE) == "1"
 
-    def set_service_mode(self, on: bool, by: Actor) -> list[Fault]:
-        """Maintenance without opening the door, kept across a restart. Turned off, it ends a
-        service visit as closing the door does: returns the faults that clears."""
+    def set_service_mode(self, on: bool, by: Actor, *, ends_visit: bool = True) -> list[Fault]:
+        """Maintenance without opening the door, kept across a restart. Turned off with the
+        door closed, it ends a service visit as closing the door does: returns the faults that
+        clears."""
         with self._tx() as at:
             self._set_meta(SERVICE_MODE, "1" if on else "0")
             kind = "service_on" if on else "service_off"
             self._event(at, kind, "", None, by.user, origin=by.origin)
-            return [] if on else self._end_visit(at, by)
+            return self._end_visit(at, by) if not on and ends_visit else []
 
     def _end_visit(self, at: str, by: Actor) -> list[Fault]:
         cleared = [f for f in self._faults() if clearable(f)]
         for f in cleared:
             self._clear_fault(at, f.device, f.code, "serviced", by)
         return cleared
+
+    def set_identity(self, device: str, identity: Mapping[str, str]) -> None:
+        """What a device said it is (make, model, serial, software), for status and the audit."""
+        text = json.dumps(dict(identity), sort_keys=True)
+        if self.meta(f"identity:{device}") != text:
+            with self._tx():
+                self._set_meta(f"identity:{device}", text)
+
+    def identity(self, device: str) -> dict[str, str]:
+        return dict(json.loads(self.meta(f"identity:{device}") or "{}"))
 
     def inhibited_coins(self) -> frozenset[int]:
         """Denominations a technician turned off, kept across restarts."""

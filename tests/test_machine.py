@@ -12,7 +12,7 @@ from kiosk.machine import TRANSITIONS, KioskModel, State, build, mermaid
 
 # What makes each condition true; conditions are tried in table order, first match wins.
 SETUP: dict[str | None, dict[str, Any]] = {
-    "door_is_open": {"door_open": True},
+    "in_service": {"door_open": True},
     "is_blocked": {"faults": {"coin_acceptor"}},
     "has_credit": {"credit_cents": 7},
     None: {},
@@ -48,7 +48,7 @@ def test_settling_prefers_the_door_then_faults_then_credit() -> None:
     model.ready()
     assert model.state == State.MAINTENANCE
     model.door_open = False
-    model.close_door()
+    model.end_service()
     assert model.state == State.OUT_OF_SERVICE
     model.faults.clear()
     model.recover()
@@ -68,7 +68,7 @@ def test_nothing_sellable_blocks_selling() -> None:
     [
         (State.IDLE, "select"),
         (State.VENDING, "insert_coin"),
-        (State.VENDING, "open_door"),
+        (State.VENDING, "begin_service"),
         (State.MAINTENANCE, "insert_coin"),
         (State.OUT_OF_SERVICE, "select"),
         (State.STARTING, "donate"),

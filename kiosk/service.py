@@ -1,0 +1,235 @@
+"""Carrying out a technician's (or the city's) request: the ledger's part, the same whether the
+daemon runs (the core calls it on its thread) or not (the CLI calls it, holding the ledger lock),
+and the core's part: the rules of the state the kiosk is in, the hardware, the screen.
+
+Rules: products go in or are counted, the cash box is emptied and a test vend is run only in
+maintenance (the door open, or `kiosk service on`); nothing starts while a vend runs. A price,
+a slot turned on or off, a coin turned off, a fault cleared or an audit read take effect at once
+in any state. A request refused here changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from drivers.base import DeviceError
+from kiosk import __version__
+from kiosk.config import Config
+from kiosk.errors import Refused
+from kiosk.events import Command
+from kiosk.ledger import Actor, Ledger
+from kiosk.machine import State
+from kiosk.requests import Request
+
+if TYPE_CHECKING:
+    from kiosk.core import Controller
+
+# In maintenance only: the technician's hands are in the kiosk.
+HANDS_ON = frozenset({"refill", "count", "collect", "test_vend"})
+
+
+def configured_slot(config: Config, slot: int) -> int:
+    ids = [s.id for s in config.slots]
+    if slot not in ids:
+        raise Refused(f"no slot {slot} (slots: {', '.join(map(str, ids))})")
+    return slot
+
+
+def apply(ledger: Ledger, config: Config, request: Request, by: Actor) -> dict[str, Any]:
+    """The ledger's part of a request; returns the result to report."""
+    a = request.args
+    if "slot" in a:
+        configured_slot(config, a["slot"])
+    match request.name:
+        case "refill":
+            added = ledger.refill(a["slot"], a["quantity"], by)
+            return {"slot": a["slot"], "added": added, **_slot(ledger, a["slot"])}
+        case "count":
+            held = ledger.count_stock(a["slot"], a["quantity"], by)
+            return {"slot": a["slot"], "was": held, "difference": a["quantity"] - held}
+        case "price":
+            old = ledger.set_price(a["slot"], a["price_cents"], by)
+            return {"slot": a["slot"], "price_cents": a["price_cents"], "was_cents": old}
+        case "slot":
+            changed = ledger.set_enabled(a["slot"], a["enabled"], by)
+            return {"slot": a["slot"], "enabled": a["enabled"], "changed": changed}
+        case "coin":
+            if a["value_cents"] not in config.kiosk.accepted_coins_cents:
+                coins = ", ".join(f"{c} c" for c in config.kiosk.accepted_coins_cents)
+                raise Refused(f"{a['value_cents']} c is not a coin this kiosk takes ({coins})")
+            off = ledger.set_coin_inhibited(a["value_cents"], not a["enabled"], by)
+            return {"inhibited_cents": sorted(off)}
+        case "collect":
+            done = ledger.collect(a["counted_cents"], by)
+            return {
+                "at": done.at,
+                "coins": {str(k): v for k, v in done.coins.items()},
+                "value_cents": done.expected_cents,
+                "counted_cents": done.counted_cents,
+                "difference_cents": done.difference_cents,
+            }
+        case "faults_clear":
+            cleared = ledger.clear_faults(a["device"], a["code"], by)
+            return {"cleared": [f"{f.device}:{f.code}" for f in cleared]}
+        case "audit":
+            from kiosk import audit  # type: ignore[attr-defined]  # only an audit read needs it
+
+            info = audit.AuditInfo(config.kiosk.id, config.kiosk.name, __version__)
+            render = functools.partial(audit.render, info=info)
+            return {"report": ledger.read_audit(a["reset"], by, render), "reset": a["reset"]}
+        case "service":
+            cleared = ledger.set_service_mode(a["on"], by)
+            return {"service": a["on"], "cleared": [f"{f.device}:{f.code}" for f in cleared]}
+    raise Refused(f"{request.name}: needs the kiosk daemon running")
+
+
+def _slot(ledger: Ledger, slot: int) -> dict[str, Any]:
+    state = ledger.slots()[slot]
+    return {"quantity": state.quantity, "capacity": state.capacity}
+
+
+class Desk:
+    """The core's side of requests: on the core thread only."""
+
+    def __init__(self, core: Controller) -> None:
+        self.core = core
+        self._test_vend: tuple[int, int, Callable[[dict[str, Any]], None]] | None = None
+
+    @property
+    def testing(self) -> bool:
+        return self._test_vend is not None
+
+    def handle(self, command: Command) -> None:
+        try:
+            result = self._run(command)
+        except Refused as err:
+            command.reply({"ok": False, "error": str(err)})
+            return
+        except Exception as err:  # storage or worse: the core handles it, the caller hears
+            command.reply({"ok": False, "error": f"not done: {err}"})
+            raise
+        if result is not None:
+            command.reply({"ok": True, "result": result})
+
+    def _run(self, command: Command) -> dict[str, Any] | None:
+        core, request, by = self.core, command.request, command.by
+        name, args = request.name, request.args
+        if name == "status":
+            return self.status()
+        if name == "coins":
+            return self.coins()
+        if name in HANDS_ON and core.state is not State.MAINTENANCE:
+            raise Refused(
+                f"{name.replace('_', '-')}: the kiosk is {core.state}; open the door or run "
+                "`kiosk service on` first"
+            )
+        if core.state is State.VENDING and name in ("service", "test_vend"):
+            raise Refused("a vend is under way; try again in a few seconds")
+        if name == "test_vend":
+            self._start_test_vend(args["slot"], by, command.reply)
+            return None  # answered when the vend ends
+        if name == "coin":
+            self._set_coin(args["value_cents"], args["enabled"])
+        if name == "service":
+            return self._service(args["on"], by)
+        result = apply(core.ledger, core.config, request, by)
+        if name == "faults_clear":
+            for key in result["cleared"]:
+                device, _, code = key.partition(":")
+                core.model.faults.discard((device, code))
+        core.resettle()
+        return result
+
+    def _set_coin(self, value_cents: int, enabled: bool) -> None:
+        acceptor = self.core.hw.acceptor
+        asked = (
+            acceptor.denominations | {value_cents}
+            if enabled
+            else (acceptor.denominations - {value_cents})
+        )
+        if not asked:
+            raise Refused("that would turn every coin off; use `kiosk service on` instead")
+        try:
+            acceptor.set_denominations(frozenset(asked))
+        except (DeviceError, ValueError) as err:
+            raise Refused(str(err)) from err
+
+    def _service(self, on: bool, by: Actor) -> dict[str, Any]:
+        core = self.core
+        ends_visit = not on and not core.model.door_open
+        cleared = core.ledger.set_service_mode(on, by, ends_visit=ends_visit)
+        core.model.service_mode = on
+        for fault in cleared:
+            core.model.faults.discard((fault.device, fault.code))
+        core.reload_slots()
+        if on and core.state in (State.IDLE, State.CREDIT, State.OUT_OF_SERVICE):
+            core.credit.stop()
+            core.model.begin_service()
+        elif ends_visit and core.state is State.MAINTENANCE:
+            core.model.end_service()
+        return {
+            "service": on,
+            "state": str(core.state),
+            "cleared": [f"{f.device}:{f.code}" for f in cleared],
+        }
+
+    def _start_test_vend(
+        self, slot_id: int, by: Actor, reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        core = self.core
+        configured_slot(core.config, slot_id)
+        if self._test_vend is not None or core.hw.dispenser.busy:
+            raise Refused("a test vend is under way")
+        if core.slots[slot_id].quantity == 0:
+            raise Refused(f"slot {slot_id} is empty; refill it first")
+        test_id = core.ledger.start_test_vend(slot_id, by)
+        self._test_vend = (test_id, slot_id, reply)
+        core.hw.dispenser.vend(slot_id)
+
+    def test_vend_finished(self, slot: int, outcome: str, detail: str, fault: str | None) -> bool:
+        """The dispenser's outcome, if it is the test vend's: recorded and answered."""
+        if self._test_vend is None or self._test_vend[1] != slot:
+            return False
+        test_id, _, reply = self._test_vend
+        self.core.ledger.finish_test_vend(test_id, outcome, detail, fault)
+        self._test_vend = None
+        reply({"ok": True, "result": {"slot": slot, "outcome": outcome, "detail": detail}})
+        self.core.reload_slots()
+        return True
+
+    def abort(self, why: str) -> None:
+        """The core halted: a test vend under way is answered now (the ledger keeps it pending,
+        and the next start resolves it as interrupted)."""
+        if self._test_vend is not None:
+            self._test_vend[2]({"ok": False, "error": why})
+            self._test_vend = None
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        faults = core.ledger.faults()
+        return {
+            "running": True,
+            "kiosk_id": core.config.kiosk.id,
+            "state": str(core.state),
+            "credit_cents": core.credit_cents,
+            "service_mode": core.model.service_mode,
+            "door_open": core.model.door_open,
+            "faults": [dataclasses.asdict(f) for f in faults],
+            "uptime_s": round(core.clock.monotonic() - core.started_at, 1),
+            "ledger": core.ledger.path,
+            "acceptor": self.coins(),
+        }
+
+    def coins(self) -> dict[str, Any]:
+        core = self.core
+        acceptor = core.hw.acceptor
+        return {
+            "driver": core.config.coin_acceptor.driver,
+            "accepting": acceptor.is_accepting,
+            "coins_cents": list(core.config.kiosk.accepted_coins_cents),
+            "enabled_cents": sorted(acceptor.denominations),
+            "identity": core.identity,
+        }
