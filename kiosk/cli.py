@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any, TextIO, cast
 
 from drivers.base import DeviceError
 from kiosk import config as config_mod
-from kiosk import lock, reports, schema
-from kiosk.errors import KioskError, LedgerError
+from kiosk import readonly, reports, tech
+from kiosk.errors import KioskError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         path = Path(_load(args, config_mod.SYSTEM_PROFILE).ledger.path)
     if not os.path.lexists(path):
         raise KioskError(f"ledger {path} does not exist")
-    checks = verify_read_only(path)
+    checks = readonly.read(path, reports.verify)
     if args.json:
         print(json.dumps({c.name: c.differences for c in checks}, indent=2))
     else:
@@ -74,57 +73,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
             for line in check.differences:
                 print(f"  {line}")
     return 0 if all(c.ok for c in checks) else 1
-
-
-def verify_read_only(path: Path) -> list[reports.Check]:
-    """The invariant checks, on a ledger that may be on read-only media or in use by a daemon,
-    creating no file beside it.
-
-    A plain read-only SQLite connection to a WAL ledger creates its -wal and -shm files when they
-    are missing (and leaves them), and fails where the directory is read-only. An immutable one
-    creates nothing and takes no locks, but reads the main file alone: right only when no -wal
-    holds commits (none exists) and no daemon can write meanwhile (nobody holds the ledger lock).
-    Then the file is read as immutable, and if its identity, size or mtime changed by the end,
-    or a -wal or a lock holder appeared, the read is done again the ordinary way. Otherwise (a
-    daemon running, or one that crashed and left its -wal) the ordinary read-only connection is
-    used: the -wal and -shm files it needs are already there.
-    """
-    quiet = _quiet_state(path)
-    if quiet is not None:
-        try:
-            checks = _checks(path, immutable=True)
-        except LedgerError:
-            if _quiet_state(path) == quiet:
-                raise
-        else:
-            if _quiet_state(path) == quiet:
-                return checks
-    return _checks(path, immutable=False)
-
-
-def _quiet_state(path: Path) -> tuple[int, int, int] | None:
-    """The file's (inode, size, mtime) while nothing can be writing it, else None."""
-    if any(os.path.lexists(f"{path}{suffix}") for suffix in ("-wal", "-journal")):
-        return None
-    if lock.holder(path) is not None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None  # gone or unreadable: the ordinary read says why
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _checks(path: Path, *, immutable: bool) -> list[reports.Check]:
-    schema.check_header(path)
-    db = schema.connect(path, read_only=True, immutable=immutable)
-    try:
-        schema.check_ledger(db, path)
-        return reports.verify(db)
-    except sqlite3.Error as err:  # a kiosk ledger, but not one these checks can read
-        raise LedgerError(f"ledger {path}: cannot verify: {err}") from err
-    finally:
-        db.close()
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -172,10 +120,16 @@ def parser() -> argparse.ArgumentParser:
 
     add("diagram", "print the state machine as a mermaid diagram", cmd_diagram)
 
-    p = add("verify", "check the ledger's money, cash box and stock invariants", cmd_verify)
-    config_option(p, installed)
-    p.add_argument("--db", metavar="PATH", help="ledger file (default: ledger.path)")
-    p.add_argument("--json", action="store_true", help="differences as JSON")
+    def technician(name: str, help_text: str, func: object) -> argparse.ArgumentParser:
+        p = add(name, help_text, func)
+        config_option(p, installed)
+        p.add_argument("--db", metavar="PATH", help="ledger file (default: ledger.path)")
+        p.add_argument("--json", action="store_true", help="the result as JSON")
+        p.add_argument("-v", "--verbose", action="store_true", help="say how it was done")
+        return p
+
+    technician("verify", "check the ledger's money, cash box and stock invariants", cmd_verify)
+    tech.add_commands(technician)
 
     p = add("config", "configuration tools", lambda args: 2)
     config_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -228,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "demo" and args.shoppers is not None and args.shoppers < 0:
         parser().error("--shoppers must be 0 or more")
+    misuse = args.check(args) if hasattr(args, "check") else None
+    if misuse:
+        parser().error(misuse)
     stdout = sys.stdout
     sys.stdout = cast(TextIO, _Stdout(stdout))
     try:

@@ -93,6 +93,7 @@ class Controller:
         self.desk = Desk(self)
         self.started_at = clock.monotonic()
         self.identity: dict[str, str] = {}  # the coin acceptor's, as it last reported
+        self.coins_saved = 0  # coins ever taken here: the idle screen says so
 
     @property
     def state(self) -> State:
@@ -140,6 +141,7 @@ class Controller:
         self.model.door_open = self.hw.panel.door_is_open
         self.model.service_mode = self.ledger.service_mode()
         self.identity = self.ledger.identity(ACCEPTOR)
+        self.coins_saved = self.ledger.coins_count()
         self.reload_slots()
         self._restore_coins()
         self.hw.acceptor.resume_from(self.ledger.acceptor_cursor())
@@ -360,6 +362,7 @@ class Controller:
         self.model.credit_cents = self.ledger.record_coin(
             event.value_cents, event.merged, event.cursor
         )
+        self.coins_saved += 1
         log.info("coin %d c, credit %d c", event.value_cents, self.credit_cents)
         if self.state is State.IDLE:
             self.model.insert_coin()
@@ -518,7 +521,7 @@ class Controller:
             self.hw.panel.set_led(slot.slot, accepting and slot.sellable)
 
     def _show_state(self) -> None:
-        self.screen.show(self._view())
+        self.screen.show(self._view(), self.clock.monotonic())
 
     def _view(self) -> View:
         vend_slot = None if self._vend is None else self.slots.get(self._vend[1])
@@ -529,5 +532,8 @@ class Controller:
             beneficiary=self.config.credit.beneficiary,
             product=None if vend_slot is None else vend_slot.product,
             fault=min(self.model.faults) if self.model.faults else None,
-            coins_cents=self.config.kiosk.accepted_coins_cents,
+            coins_cents=tuple(sorted(self.hw.acceptor.denominations)),
+            offers=tuple((s.product, s.price_cents) for s in self.slots.values() if s.sellable),
+            coins_saved=self.coins_saved,
+            door_open=self.model.door_open,
         )

@@ -1,4 +1,5 @@
-"""`kiosk run`: the daemon on real hardware, with the system clock and gpiozero's pin factory.
+"""`kiosk run`: the daemon on real hardware, with the system clock and gpiozero's pin factory, and
+the control socket the technician's commands reach it through.
 
 The only place that configures logging handlers. SIGTERM, SIGINT and SIGHUP put a Shutdown on the
 core's queue; the core stops (after a vend in progress), and the hardware is left in its safe
@@ -18,6 +19,7 @@ from typing import Any
 
 from drivers.clock import SystemClock
 from kiosk.config import Config
+from kiosk.control import ControlServer
 from kiosk.core import Controller
 from kiosk.events import Shutdown
 from kiosk.hardware import build_hardware
@@ -51,6 +53,7 @@ def _run(config: Config, pins: Any) -> int:
         ledger.close()
         raise
     controller = Controller(config, ledger, hardware, clock, events)
+    control = ControlServer(config.control_socket, events.put)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
@@ -71,8 +74,10 @@ def _run(config: Config, pins: Any) -> int:
         signal.signal(number, status)
     try:
         controller.start()
+        control.start()
         controller.run()
     finally:
+        control.close()  # no request is taken once the core stops
         hardware.close()
         ledger.close()
     log.info("stopped")

@@ -1,7 +1,9 @@
 """What the shopper reads: the state's screen, and messages shown over it for a while.
 
 The state's screen is drawn from what the core tells it (state, credit, countdown, product,
-fault); a message (a price, "thank you", "sold out") covers it for `display.message_s`, then the
+fault). The idle screen turns its pages every few seconds: the welcome with the coins taken,
+each product with its price, and the coins this kiosk has saved from circulation. A message (a
+price, "thank you", "sold out") covers the state's screen for `display.message_s`, then the
 state's screen comes back. Texts are in kiosk.texts.
 """
 
@@ -13,9 +15,11 @@ from typing import Any
 from drivers.base import Display
 from kiosk.deadlines import Deadlines
 from kiosk.machine import State
-from kiosk.texts import reason, text
+from kiosk.texts import count, reason, text
 
 MESSAGE = "message"
+IDLE_PAGE = "idle_page"
+IDLE_PAGE_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class View:
     product: str | None  # the product being vended
     fault: tuple[str, str] | None  # the fault the out-of-service screen names
     coins_cents: tuple[int, ...]
+    offers: tuple[tuple[str, int], ...] = ()  # (product, price) of what can be bought now
+    coins_saved: int = 0  # coins ever taken out of circulation here
+    door_open: bool = True
 
 
 class Screen:
@@ -40,6 +47,7 @@ class Screen:
         self._message_s = message_s
         self._deadlines = deadlines
         self._message: tuple[str, str] | None = None
+        self._page = 0  # the idle screen's page: welcome, each offer, the coins saved
 
     def say(self, now: float, key: str, **fields: Any) -> None:
         """A message over the state's screen for `display.message_s`."""
@@ -52,15 +60,35 @@ class Screen:
         self._deadlines.clear(MESSAGE)
 
     def expire(self, now: float) -> bool:
-        """True when a message just ended (the state's screen must be drawn again)."""
+        """True when a message just ended or the idle screen turns a page (the state's screen
+        must be drawn again)."""
         if self._deadlines.take(MESSAGE, now):
             self._message = None
             return True
+        if self._deadlines.take(IDLE_PAGE, now):
+            self._page += 1
+            self._deadlines.set(IDLE_PAGE, now + IDLE_PAGE_S, background=True)
+            return True
         return False
 
-    def show(self, view: View) -> None:
+    def show(self, view: View, now: float = 0.0) -> None:
+        if view.state is not State.IDLE:
+            self._page = 0
+            self._deadlines.clear(IDLE_PAGE)
+        elif not self._deadlines.has(IDLE_PAGE):
+            self._deadlines.set(IDLE_PAGE, now + IDLE_PAGE_S, background=True)
         if self._message is None:
             self._display.show(*self.state_lines(view))
+
+    def idle_pages(self, view: View) -> list[tuple[str, str]]:
+        lang = self._lang
+        pages = [text(lang, "idle", coins=" ".join(str(c) for c in view.coins_cents))]
+        pages += [text(lang, "offer", product=p, price=c) for p, c in view.offers]
+        if view.coins_saved == 1:
+            pages.append(text(lang, "saved_one"))
+        elif view.coins_saved > 1:
+            pages.append(text(lang, "saved", count=count(lang, view.coins_saved)))
+        return pages
 
     def state_lines(self, view: View) -> tuple[str, str]:
         lang, state = self._lang, view.state
@@ -75,7 +103,8 @@ class Screen:
         if state is State.CREDIT:
             return text(lang, "credit", credit=view.credit_cents)
         if state is State.IDLE:
-            return text(lang, "idle", coins=" ".join(str(c) for c in view.coins_cents))
+            pages = self.idle_pages(view)
+            return pages[self._page % len(pages)]
         if state is State.VENDING and view.product is not None:
             return text(lang, "vending", product=view.product)
         if state is State.OUT_OF_SERVICE:
@@ -86,7 +115,7 @@ class Screen:
                 lang, "out_of_service", reason=reason(lang, code if device == "kiosk" else device)
             )
         if state is State.MAINTENANCE:
-            return text(lang, "maintenance")
+            return text(lang, "maintenance" if view.door_open else "service")
         if state is State.STARTING:
             return text(lang, "starting")
         return text(lang, "wait")

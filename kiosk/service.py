@@ -29,20 +29,23 @@ if TYPE_CHECKING:
 
 # In maintenance only: the technician's hands are in the kiosk.
 HANDS_ON = frozenset({"refill", "count", "collect", "test_vend"})
+DEFAULT_COINS = (1, 2, 5)
 
 
-def configured_slot(config: Config, slot: int) -> int:
-    ids = [s.id for s in config.slots]
+def check_slot(slot: int, ids: list[int]) -> int:
     if slot not in ids:
-        raise Refused(f"no slot {slot} (slots: {', '.join(map(str, ids))})")
+        raise Refused(f"no slot {slot} (slots: {', '.join(map(str, ids)) or 'none'})")
     return slot
 
 
-def apply(ledger: Ledger, config: Config, request: Request, by: Actor) -> dict[str, Any]:
-    """The ledger's part of a request; returns the result to report."""
+def apply(ledger: Ledger, config: Config | None, request: Request, by: Actor) -> dict[str, Any]:
+    """The ledger's part of a request; returns the result to report. Without a profile (a
+    ledger named by --db alone) the ledger's own slots and the usual coins stand in."""
     a = request.args
     if "slot" in a:
-        configured_slot(config, a["slot"])
+        ids = [s.id for s in config.slots] if config else [*ledger.slots()]
+        check_slot(a["slot"], ids)
+    coins = config.kiosk.accepted_coins_cents if config else DEFAULT_COINS
     match request.name:
         case "refill":
             added = ledger.refill(a["slot"], a["quantity"], by)
@@ -57,9 +60,9 @@ def apply(ledger: Ledger, config: Config, request: Request, by: Actor) -> dict[s
             changed = ledger.set_enabled(a["slot"], a["enabled"], by)
             return {"slot": a["slot"], "enabled": a["enabled"], "changed": changed}
         case "coin":
-            if a["value_cents"] not in config.kiosk.accepted_coins_cents:
-                coins = ", ".join(f"{c} c" for c in config.kiosk.accepted_coins_cents)
-                raise Refused(f"{a['value_cents']} c is not a coin this kiosk takes ({coins})")
+            if a["value_cents"] not in coins:
+                named = ", ".join(f"{c} c" for c in coins)
+                raise Refused(f"{a['value_cents']} c is not a coin this kiosk takes ({named})")
             off = ledger.set_coin_inhibited(a["value_cents"], not a["enabled"], by)
             return {"inhibited_cents": sorted(off)}
         case "collect":
@@ -77,7 +80,9 @@ def apply(ledger: Ledger, config: Config, request: Request, by: Actor) -> dict[s
         case "audit":
             from kiosk import audit  # type: ignore[attr-defined]  # only an audit read needs it
 
-            info = audit.AuditInfo(config.kiosk.id, config.kiosk.name, __version__)
+            kiosk_id = config.kiosk.id if config else ledger.meta("kiosk_id") or "kiosk"
+            name = config.kiosk.name if config else kiosk_id
+            info = audit.AuditInfo(kiosk_id, name, __version__)
             render = functools.partial(audit.render, info=info)
             return {"report": ledger.read_audit(a["reset"], by, render), "reset": a["reset"]}
         case "service":
@@ -180,7 +185,7 @@ class Desk:
         self, slot_id: int, by: Actor, reply: Callable[[dict[str, Any]], None]
     ) -> None:
         core = self.core
-        configured_slot(core.config, slot_id)
+        check_slot(slot_id, [s.id for s in core.config.slots])
         if self._test_vend is not None or core.hw.dispenser.busy:
             raise Refused("a test vend is under way")
         if core.slots[slot_id].quantity == 0:

@@ -25,6 +25,10 @@ TEXTS: dict[str, dict[str, tuple[str, str]]] = {
         "donated": ("Merci pour le don", "à {beneficiary}"),
         "out_of_service": ("Hors service", "{reason}"),
         "maintenance": ("Maintenance", "Porte ouverte"),
+        "service": ("Maintenance", "Service en cours"),
+        "offer": ("{product}", "{price} c"),
+        "saved": ("{count} pièces", "sauvées, merci !"),
+        "saved_one": ("1 pièce", "sauvée, merci !"),
         "wait": ("Veuillez patienter", ""),
     },
     "en": {
@@ -43,6 +47,10 @@ TEXTS: dict[str, dict[str, tuple[str, str]]] = {
         "donated": ("Thanks for the gift", "to {beneficiary}"),
         "out_of_service": ("Out of service", "{reason}"),
         "maintenance": ("Maintenance", "Door open"),
+        "service": ("Maintenance", "Service under way"),
+        "offer": ("{product}", "{price} c"),
+        "saved": ("{count} coins", "saved, thank you!"),
+        "saved_one": ("1 coin", "saved, thank you!"),
         "wait": ("Please wait", ""),
     },
 }
@@ -68,6 +76,12 @@ REASONS: dict[str, dict[str, str]] = {
 def text(language: str, key: str, **fields: Any) -> tuple[str, str]:
     line1, line2 = TEXTS[language][key]
     return line1.format(**fields), line2.format(**fields)
+
+
+def count(language: str, number: int) -> str:
+    """A count as people write it: 1 234 in French, 1,234 in English."""
+    grouped = f"{number:,}"
+    return grouped.replace(",", " ") if language == "fr" else grouped
 
 
 def reason(language: str, code: str) -> str:

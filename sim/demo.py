@@ -5,8 +5,10 @@ the door, j then a slot key jams that slot (any other key cancels the j), q quit
 acceptor also s (silence it or wake it) and r (power-cycle it). Simulated time follows the wall
 clock.
 
-Without --db the ledger is temporary, on a memory-backed filesystem where there is one; SIGTERM
-and SIGHUP end either demo like a quit: the terminal is restored and the temporary ledger removed.
+The demo answers the technician's commands as a daemon does (`kiosk status --db LEDGER` from
+another terminal, the path shown at the bottom). Without --db the ledger is temporary, on a
+memory-backed filesystem where there is one; SIGTERM and SIGHUP end either demo like a quit: the
+terminal is restored and the temporary ledger removed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from kiosk import reports
 from kiosk.config import Config
 from kiosk.errors import KioskError
+from sim.live import catch_up, served
 from sim.rig import SimKiosk
 from sim.shoppers import Outcome, simulate
 from sim.world import CcTalkCoinMech
@@ -164,7 +167,8 @@ def interactive(config: Config, db: str | None) -> int:
     with _stopped_by_signals(), _ledger_path(db) as path:
         rig = SimKiosk(config, path)
         try:
-            curses.wrapper(Screen(rig).loop)
+            with served(rig):
+                curses.wrapper(Screen(rig).loop)
         finally:
             rig.shutdown()
     return 0
@@ -189,7 +193,7 @@ class Screen:
                 return
             if key != -1:
                 self.key(chr(key) if 0 <= key < 256 else "")
-            self.rig.run_for(max(0.0, time.monotonic() - started - self.rig.clock.now))
+            catch_up(self.rig, started)
             self.draw(screen)
 
     def key(self, key: str) -> None:
@@ -268,7 +272,8 @@ class Screen:
         keys = f"keys: 1 2 5 coin  a b c.. slot  x cancel{door}  j jam  q quit"
         if isinstance(rig.world.coins, CcTalkCoinMech):
             keys += "  s silence  r reset acceptor"
-        rows += ["", keys, self.note]
+        rows += ["", keys, f"technician, from another terminal: kiosk status --db {rig.db_path}"]
+        rows += [self.note]
         height, cols = screen.getmaxyx()
         for y, row in enumerate(rows[: height - 1]):
             screen.addstr(y, 0, row[: cols - 1])

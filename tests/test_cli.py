@@ -21,11 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import KioskMaker, subcommands
 
-from kiosk import cli, lock, schema
+from kiosk import cli, lock, readonly, schema
 from kiosk import config as config_mod
 from kiosk.errors import ConfigError
 from kiosk.lock import LedgerLock
@@ -408,15 +409,15 @@ def test_verify_reads_again_if_the_ledger_changed_during_an_immutable_read(
     ledger_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[bool] = []
-    real_checks = cli._checks
+    real_run = readonly._run
 
-    def checks_while_a_daemon_starts(path: Path, *, immutable: bool) -> list:
+    def run_while_a_daemon_starts(path: Path, report: Any, *, immutable: bool) -> Any:
         reads.append(immutable)
         if immutable:
             os.utime(path, ns=(0, 0))  # the file changed under the immutable read
-        return real_checks(path, immutable=immutable)
+        return real_run(path, report, immutable=immutable)
 
-    monkeypatch.setattr(cli, "_checks", checks_while_a_daemon_starts)
+    monkeypatch.setattr(readonly, "_run", run_while_a_daemon_starts)
     assert cli.main(["verify", "--db", str(ledger_copy)]) == 0
     assert reads == [True, False]
 
