@@ -45,7 +45,13 @@ class Target:
     config: Config | None
 
     def daemon_pid(self) -> int | None:
-        return lock.holder(self.ledger)
+        try:
+            return lock.holder(self.ledger)
+        except PermissionError:
+            raise KioskError(
+                f"ledger lock {lock.lock_path(self.ledger)}: permission denied (the kiosk's "
+                f"files are for the kiosk group: `sudo usermod -aG kiosk {os_user()}`)"
+            ) from None
 
 
 def os_user() -> str:

@@ -23,9 +23,11 @@ STEP_S = 0.02  # how often simulated time catches up with the wall clock
 
 @contextlib.contextmanager
 def served(rig: SimKiosk) -> Iterator[ControlServer]:
-    """The rig's control socket, open while the block runs (its ledger's lock held)."""
+    """The rig's control socket, open while the block runs (its ledger's lock held): the
+    profile's, else beside the rig's ledger (which may be a demo's temporary one)."""
     with LedgerLock(rig.db_path):
-        server = ControlServer(rig.config.control_socket, rig.events.put)
+        path = rig.config.control.socket or f"{rig.db_path}.sock"
+        server = ControlServer(path, rig.events.put)
         server.start()
         try:
             yield server
