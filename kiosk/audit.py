@@ -154,13 +154,13 @@ def _stamp(at: str | None) -> tuple[str, str]:
 
 # --- the ledger's counters -----------------------------------------------------------------------
 
-_MARKS = "last_coin_id, last_vend_id, last_test_vend_id, last_event_id, last_donation_id"
+_MARKS = "last_coin_id, last_sale_id, last_test_vend_id, last_event_id, last_donation_id"
 
 
 @dataclass(frozen=True)
 class _Marks:
     coin: int = 0
-    vend: int = 0
+    sale: int = 0
     test_vend: int = 0
     event: int = 0
     donation: int = 0
@@ -202,7 +202,7 @@ class _Books:
 
 _SALES = (
     "SELECT sum(price_cents), count(*) FROM sales "
-    "WHERE vend_id > :low AND vend_id <= :high AND slot = coalesce(:slot, slot)"
+    "WHERE id > :low AND id <= :high AND slot = coalesce(:slot, slot)"
 )
 _TEST_VENDS = (
     "SELECT count(*) FROM test_vends WHERE id > :low AND id <= :high "
@@ -222,7 +222,7 @@ def _identification(books: _Books, info: AuditInfo) -> Iterator[str]:
 
 
 def _vends(books: _Books) -> Iterator[str]:
-    (sold, count), (sold_r, count_r) = books.both(_SALES, "vend", slot=None)
+    (sold, count), (sold_r, count_r) = books.both(_SALES, "sale", slot=None)
     yield segment("VA1", sold, count, sold_r, count_r)
     (tests,), (tests_r,) = books.both(_TEST_VENDS, "test_vend", slot=None)
     yield segment("VA2", 0, tests, 0, tests_r)
@@ -241,7 +241,7 @@ def _acceptor_identity(books: _Books) -> dict[str, str]:
 def _cash(books: _Books, info: AuditInfo) -> Iterator[str]:
     identity = _acceptor_identity(books)
     yield segment("CA1", identity.get("serial"), identity.get("product"), identity.get("software"))
-    (sold, count), (sold_r, count_r) = books.both(_SALES, "vend", slot=None)
+    (sold, count), (sold_r, count_r) = books.both(_SALES, "sale", slot=None)
     yield segment("CA2", sold, count, sold_r, count_r)
     # Every coin drops into the cash box: no tubes, no bills.
     (cash, _), (cash_r, _) = books.both(_COINS, "coin", value=None)
@@ -261,15 +261,15 @@ def _products(books: _Books) -> Iterator[str]:
         "SELECT slot, product, price_cents FROM stock ORDER BY slot"
     ):
         yield segment("PA1", slot, price, product)
-        (sold, count), (sold_r, count_r) = books.both(_SALES, "vend", slot=slot)
+        (sold, count), (sold_r, count_r) = books.both(_SALES, "sale", slot=slot)
         yield segment("PA2", count, sold, count_r, sold_r)
         (tests,), (tests_r,) = books.both(_TEST_VENDS, "test_vend", slot=slot)
         yield segment("PA3", tests, 0, tests_r, 0)
         yield segment("PA4", 0, 0, 0, 0)
         last = books.rows(
-            "SELECT max(at) FROM sales WHERE slot = :slot AND vend_id <= :high",
+            "SELECT max(at) FROM sales WHERE slot = :slot AND id <= :high",
             slot=slot,
-            high=books.upto.vend,
+            high=books.upto.sale,
         )
         yield segment("PA5", *_stamp(last[0][0]), 0)
 

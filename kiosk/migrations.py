@@ -152,7 +152,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             actor TEXT NOT NULL,
             origin TEXT NOT NULL,
             last_coin_id INTEGER NOT NULL,
-            last_vend_id INTEGER NOT NULL,
+            last_sale_id INTEGER NOT NULL,
             last_test_vend_id INTEGER NOT NULL,
             last_event_id INTEGER NOT NULL,
             last_donation_id INTEGER NOT NULL

@@ -78,11 +78,11 @@ def apply(ledger: Ledger, config: Config | None, request: Request, by: Actor) ->
             cleared = ledger.clear_faults(a["device"], a["code"], by)
             return {"cleared": [f"{f.device}:{f.code}" for f in cleared]}
         case "audit":
-            from kiosk import audit  # type: ignore[attr-defined]  # only an audit read needs it
+            from kiosk import audit  # only an audit read needs it
 
             kiosk_id = config.kiosk.id if config else ledger.meta("kiosk_id") or "kiosk"
             name = config.kiosk.name if config else kiosk_id
-            info = audit.AuditInfo(kiosk_id, name, __version__)
+            info = audit.AuditInfo(kiosk_id, name, __version__, coins)
             render = functools.partial(audit.render, info=info)
             return {"report": ledger.read_audit(a["reset"], by, render), "reset": a["reset"]}
         case "service":

@@ -255,11 +255,11 @@ class Upkeep(LedgerBase):
         interim period: what follows is counted since this read."""
         with self._tx() as at:
             cursor = self.db.execute(
-                "INSERT INTO audit_reads (at, reset, actor, origin, last_coin_id, last_vend_id, "
+                "INSERT INTO audit_reads (at, reset, actor, origin, last_coin_id, last_sale_id, "
                 "last_test_vend_id, last_event_id, last_donation_id) VALUES (?, ?, ?, ?, "
                 + ", ".join(
                     f"(SELECT coalesce(max(id), 0) FROM {table})"
-                    for table in ("coins", "vends", "test_vends", "events", "donations")
+                    for table in ("coins", "sales", "test_vends", "events", "donations")
                 )
                 + ")",
                 [at, reset, by.user, by.origin],
