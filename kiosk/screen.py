@@ -53,6 +53,7 @@ class Screen:
         """A message over the state's screen for `display.message_s`."""
         self._message = text(self._lang, key, **fields)
         self._deadlines.set(MESSAGE, now + self._message_s)
+        self._deadlines.clear(IDLE_PAGE)
         self._display.show(*self._message)
 
     def drop_message(self) -> None:
@@ -75,6 +76,8 @@ class Screen:
         if view.state is not State.IDLE:
             self._page = 0
             self._deadlines.clear(IDLE_PAGE)
+        elif self._message is not None:
+            self._deadlines.clear(IDLE_PAGE)  # the pages turn again once the message is gone
         elif not self._deadlines.has(IDLE_PAGE):
             self._deadlines.set(IDLE_PAGE, now + IDLE_PAGE_S, background=True)
         if self._message is None:

@@ -232,6 +232,7 @@ class Desk:
         core = self.core
         acceptor = core.hw.acceptor
         return {
+            "running": True,
             "driver": core.config.coin_acceptor.driver,
             "accepting": acceptor.is_accepting,
             "coins_cents": list(core.config.kiosk.accepted_coins_cents),

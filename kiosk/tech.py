@@ -393,7 +393,7 @@ def _show_events(args: argparse.Namespace, rows: list[figures.EventRow]) -> None
         for row in rows:
             print(json.dumps(row.as_json(), ensure_ascii=False))
     elif rows:
-        print(tables.events_lines(rows))
+        print("\n".join(tables.events_lines(rows)))
 
 
 # --- the parser --------------------------------------------------------------------------------

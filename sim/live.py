@@ -46,9 +46,7 @@ class LiveKiosk:
     between steps (the simulated world is not thread-safe) and returns its result."""
 
     def __init__(self, config: Config, db_path: str | Path, start_timeout_s: float = 60.0) -> None:
-        self._jobs: queue.Queue[tuple[Callable[[SimKiosk], Any], queue.Queue[Any]]] = (
-            queue.Queue()
-        )
+        self._jobs: queue.Queue[tuple[Callable[[SimKiosk], Any], queue.Queue[Any]]] = queue.Queue()
         self._stop = threading.Event()
         started: queue.Queue[BaseException | None] = queue.Queue()
         self._thread = threading.Thread(
