@@ -24,14 +24,8 @@ from drivers.base import (
 )
 from drivers.cctalk import CcTalkCoinAcceptor, CcTalkSettings
 from drivers.cctalk_codec import HOST, Frame, FrameParser, encode
-from drivers.cctalk_session import (
-    CcTalkSession,
-    Command,
-    coin_value_cents,
-    cvf_cents,
-    drive,
-    new_events,
-)
+from drivers.cctalk_identity import coin_value_cents, cvf_cents
+from drivers.cctalk_session import CcTalkSession, Command, drive, new_events
 from drivers.cctalk_transport import NoReply
 from drivers.clock import SystemClock
 from sim.cctalk_device import SimCcTalkAcceptor

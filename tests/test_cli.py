@@ -168,6 +168,14 @@ def test_diagram_draws_every_state_and_transition(capsys: pytest.CaptureFixture[
     assert re.search(r"\[\*\] --> starting$", out, re.M | re.I)
 
 
+def test_the_readme_shows_the_diagram_the_machine_draws(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["diagram"]) == 0
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"```mermaid\n{capsys.readouterr().out}```" in readme
+
+
 def test_diagram_runs_as_a_module_in_a_fresh_interpreter(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
