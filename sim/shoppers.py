@@ -236,15 +236,23 @@ class Outcome:
 
 @dataclass(frozen=True)
 class LedgerMark:
-    """What the ledger held before a run: the world's truth covers this run only, so it is
-    compared with what the run added (a headless run may continue an existing --db)."""
+    """What the ledger and the world held before a run: what the run added to each is compared
+    (a headless run may continue an existing --db; a test may run shoppers twice on one world)."""
 
     coins_cents: int = 0
     sales_by_slot: dict[int, int] = field(default_factory=dict)
+    cashbox_cents: int = 0  # the world's
+    delivered: dict[int, int] = field(default_factory=dict)  # the world's, per slot
 
     @classmethod
-    def of(cls, db: Database) -> LedgerMark:
-        return cls(reports.totals(db).coins_cents, _sales_by_slot(db))
+    def of(cls, rig: SimKiosk) -> LedgerMark:
+        truth = rig.world.truth
+        return cls(
+            reports.totals(rig.ledger.db).coins_cents,
+            _sales_by_slot(rig.ledger.db),
+            truth.cashbox_cents,
+            dict(truth.delivered),
+        )
 
 
 def _sales_by_slot(db: Database) -> dict[int, int]:
@@ -258,23 +266,23 @@ def ground_truth(rig: SimKiosk, before: LedgerMark | None = None) -> reports.Che
     check = reports.Check("ground truth")
     truth, db = rig.world.truth, rig.ledger.db
     counted = reports.totals(db).coins_cents - before.coins_cents
-    if truth.cashbox_cents != counted:
+    fallen = truth.cashbox_cents - before.cashbox_cents
+    if fallen != counted:
         check.differences.append(
-            f"the cash box holds {truth.cashbox_cents} c, the ledger counts {counted} c"
+            f"the cash box took {fallen} c, the ledger counts {counted} c"
             + (" in this run" if before.coins_cents else "")
         )
     for slot, sales in sorted(_sales_by_slot(db).items()):
         sales -= before.sales_by_slot.get(slot, 0)
-        if sales > truth.delivered[slot]:
-            check.differences.append(
-                f"slot {slot}: {sales} sales but {truth.delivered[slot]} products fell"
-            )
+        delivered = truth.delivered[slot] - before.delivered.get(slot, 0)
+        if sales > delivered:
+            check.differences.append(f"slot {slot}: {sales} sales but {delivered} products fell")
     return check
 
 
 def simulate(rig: SimKiosk, shoppers: int, seed: int) -> Outcome:
     started = time.perf_counter()
-    before = LedgerMark.of(rig.ledger.db)
+    before = LedgerMark.of(rig)
     population = Population(rig, shoppers, seed)
     population.run()
     wall_s = time.perf_counter() - started

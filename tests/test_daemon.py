@@ -5,6 +5,7 @@ same acceptor is refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -114,6 +115,32 @@ def test_the_daemon_takes_coins_and_stops_with_coins_inhibited(
     assert f"signal {signal.Signals(signum).name}: stopping" in output
     assert not device.master_enabled  # inhibited on the way out
     assert cli.main(["verify", "--db", str(db)]) == 0
+
+
+def test_the_technician_reaches_the_daemon_through_its_socket(
+    tmp_path: Path,
+    device: SimCcTalkAcceptor,
+    daemons: Daemons,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "kiosk.db"
+    config = profile(tmp_path, device.path, db)
+    daemon = daemons(config)
+    wait_for(lambda: device.master_enabled, "the kiosk to enable coins")
+    assert cli.main(["coins", "inhibit", "2", "-c", str(config)]) == 0
+    assert capsys.readouterr().out == "coins turned off: 2 c\n"
+    wait_for(lambda: device.masks == 0b101, "the 2 c coin inhibited on the device")
+    assert cli.main(["status", "--json", "-c", str(config)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["running"] and status["state"] == "idle"
+    assert status["acceptor"]["enabled_cents"] == [1, 5]
+    socket_path = Path(f"{db}.sock")
+    assert socket_path.exists()
+    output = daemons.stop(daemon)
+    assert daemon.returncode == 0, output
+    assert not socket_path.exists()  # removed on a clean stop
+    assert cli.main(["status", "--json", "-c", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "stopped"
 
 
 def test_a_stop_while_the_acceptor_is_lost_still_inhibits_it(
