@@ -38,6 +38,7 @@ GROUP = "kiosk"
 MODE = 0o660
 REPLY_TIMEOUT_S = 120.0  # a test vend lasts up to max_run_s and a retry turn
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less its terminating NUL
+MAX_CLIENTS = 16  # each has one request at most in the core's queue: coins never wait behind many
 ORIGIN = "socket"
 
 
@@ -65,6 +66,7 @@ class ControlServer:
         self._submit = submit
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
     def start(self) -> None:
         """Bind (replacing a dead daemon's socket file), set its mode and group, and serve."""
@@ -80,7 +82,7 @@ class ControlServer:
                 os.umask(old_mask)
             os.chmod(self.path, MODE)
             self._give_to_group()
-            sock.listen(8)
+            sock.listen(4 * MAX_CLIENTS)
         except OSError as err:
             sock.close()
             raise KioskError(f"control socket {self.path}: {err.strerror or err}") from err
@@ -117,6 +119,10 @@ class ControlServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
+            if not self._slots.acquire(blocking=False):
+                with contextlib.suppress(OSError), conn:
+                    conn.sendall(_encode(_refusal("too many connections; try again")))
+                continue
             threading.Thread(
                 target=self._serve, args=(conn,), name="control-client", daemon=True
             ).start()
@@ -139,6 +145,8 @@ class ControlServer:
             log.debug("control client: %s", err)
         except Exception:  # the top of this thread: one client's trouble, never the daemon's
             log.exception("control client")
+        finally:
+            self._slots.release()
 
     def _answer(self, line: bytes, user: str) -> dict[str, Any]:
         try:

@@ -136,11 +136,17 @@ class Desk:
         if name == "test_vend":
             self._start_test_vend(args["slot"], by, command.reply)
             return None  # answered when the vend ends
-        if name == "coin":
-            self._set_coin(args["value_cents"], args["enabled"])
         if name == "service":
             return self._service(args["on"], by)
-        result = apply(core.ledger, core.config, request, by)
+        asked = core.hw.acceptor.denominations
+        if name == "coin":
+            self._set_coin(args["value_cents"], args["enabled"])
+        try:
+            result = apply(core.ledger, core.config, request, by)
+        except Exception:
+            if name == "coin":  # not recorded: the acceptor goes back to what the ledger says
+                core.hw.acceptor.set_denominations(asked)
+            raise
         if name == "faults_clear":
             for key in result["cleared"]:
                 device, _, code = key.partition(":")

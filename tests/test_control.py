@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from kiosk.config import Config
-from kiosk.control import SUN_PATH_MAX, ControlServer
+from kiosk.control import MAX_CLIENTS, SUN_PATH_MAX, ControlServer
 from kiosk.errors import KioskError
 from sim.live import LiveKiosk
 
@@ -120,3 +120,28 @@ def test_a_dead_daemons_socket_is_replaced_and_a_clean_stop_removes_it(tmp_path:
 def test_a_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KioskError, match="holds at most 107"):
         ControlServer(str(tmp_path / ("x" * SUN_PATH_MAX)), lambda command: None)
+
+
+def test_connections_beyond_the_limit_are_turned_away(live: LiveKiosk) -> None:
+    held = [Line(live.server.path) for _ in range(MAX_CLIENTS)]
+    try:
+        assert held[0].send(b'{"request": "status"}\n')["ok"]
+        extra = Line(live.server.path)
+        assert json.loads(extra.replies.readline()) == {
+            "ok": False,
+            "error": "too many connections; try again",
+        }
+        extra.close()
+        held.pop().close()
+        for _ in range(100):  # the freed place is taken again once its thread ends
+            again = Line(live.server.path)
+            try:
+                reply = again.send(b'{"request": "status"}\n')
+            finally:
+                again.close()
+            if reply["ok"]:
+                break
+        assert reply["ok"]
+    finally:
+        for line in held:
+            line.close()
