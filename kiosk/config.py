@@ -1,12 +1,12 @@
 """Configuration: TOML profiles loaded into frozen dataclasses.
 
 Sections are the architecture: [kiosk], [credit], [ledger], [display], [panel], [dispenser],
-[control], [cashbox], [impact], [[slots]] and [coin_acceptor] (whose keys belong to the driver
-it names). Every key is checked against the dataclass field it fills: unknown keys, wrong types,
-out-of-range values, duplicate pins and duplicate slots are a ConfigError naming the file, the
-key and the reason; an empty string is an error too, unless the field's metadata says
-`allow_empty`. A value that came from a KIOSK_* environment variable is named by that variable
-instead of the file.
+[control], [cashbox], [impact], [mqtt], [[slots]] and [coin_acceptor] (whose keys belong to
+the driver it names). Every key is checked against the dataclass field it fills: unknown keys,
+wrong types, out-of-range values, duplicate pins and duplicate slots are a ConfigError naming
+the file, the key and the reason; an empty string is an error too, unless the field's metadata
+says `allow_empty`. A value that came from a KIOSK_* environment variable is named by that
+variable instead of the file.
 Precedence: command-line flag > KIOSK_<SECTION>_<KEY> environment variable > file > default.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -42,6 +43,8 @@ PROFILE_ENV = "KIOSK_CONFIG"
 COMMAND_LINE = "command line"
 LANGUAGES = ("fr", "en")
 LEFTOVER_POLICIES = ("keep", "donate")
+ID = re.compile(r"[A-Za-z0-9_-]+")
+TOPIC = re.compile(r"[^/#+\x00]+(/[^/#+\x00]+)*")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,33 @@ class ImpactSection:
 
 
 @dataclass(frozen=True)
+class MqttSection:
+    # No host and no socket: telemetry off; events still wait in the outbox.
+    host: str | None = None
+    port: int = field(default=1883, metadata={"min": 1, "max": 65535})
+    socket: str | None = None  # a Unix socket path instead of host and port
+    prefix: str = field(default="kiosk/v1", metadata={"pattern": "topic"})
+    keepalive_s: int = field(default=30, metadata={"min": 5, "max": 3600})
+    username: str | None = None  # default: the kiosk id (the broker's ACLs key on it)
+    password_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    ha_discovery: bool = False
+    outbox_keep_days: float = field(default=30.0, metadata={"min": 1.0, "max": 3650.0})
+
+    def __post_init__(self) -> None:
+        if self.host is not None and self.socket is not None:
+            raise ValueError("socket: give a host or a socket, not both")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_key: tls_cert and tls_key go together")
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None or self.socket is not None
+
+
+@dataclass(frozen=True)
 class SlotConfig:
     id: int = field(metadata={"min": 1, "max": 99})
     product: str
@@ -141,6 +171,7 @@ class Config:
     control: ControlSection
     cashbox: CashboxSection
     impact: ImpactSection
+    mqtt: MqttSection
     slots: tuple[SlotConfig, ...]
     coin_acceptor: CoinAcceptorSection
 
@@ -168,6 +199,7 @@ SECTIONS: dict[str, type] = {
     "control": ControlSection,
     "cashbox": CashboxSection,
     "impact": ImpactSection,
+    "mqtt": MqttSection,
 }
 
 
@@ -391,8 +423,11 @@ def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str, sourc
         raise fail(f"must be at most {meta['max']}")
     if "choices" in meta and value not in meta["choices"]:
         raise fail(f"must be one of {', '.join(map(str, meta['choices']))}")
-    if meta.get("pattern") == "id" and not (value and value.replace("-", "").isalnum()):
-        raise fail("must be letters, digits and dashes")
+    if meta.get("pattern") == "id" and not ID.fullmatch(value):
+        # The MQTT client id, username and topic level; Home Assistant's id rule too.
+        raise fail("must be ASCII letters, digits, '-' and '_'")
+    if meta.get("pattern") == "topic" and not TOPIC.fullmatch(value):
+        raise fail("must be topic levels separated by '/', without wildcards or empty levels")
     return value
 
 

@@ -78,7 +78,8 @@ class Ledger(Upkeep):
             ).fetchall()
             for (slot_id,) in gone:
                 self.db.execute("UPDATE stock SET enabled = 0 WHERE slot = ?", [slot_id])
-                self._event(at, "slot_removed", "no longer in the configuration", slot_id, "config")
+                detail = "no longer in the configuration"
+                self._event(at, "slot_removed", detail, slot_id, "config", origin="config")
 
     def _sync_slot(self, at: str, slot: SlotConfig) -> None:
         if self._one("SELECT count(*) FROM stock WHERE slot = ?", [slot.id]) == 0:
@@ -102,7 +103,9 @@ class Ledger(Upkeep):
                 if old != value:
                     self.db.execute(f"UPDATE stock SET {key} = ? WHERE slot = ?", [value, slot.id])
                     detail = f"{key} {old} -> {value} (profile)"
-                    self._event(at, "slot_changed", detail, slot.id, "config", code=key)
+                    self._event(
+                        at, "slot_changed", detail, slot.id, "config", code=key, origin="config"
+                    )
         self.db.execute(
             "INSERT OR REPLACE INTO slot_profile VALUES (?, ?, ?, ?)",
             [slot.id, slot.product, slot.price_cents, slot.capacity],
@@ -145,6 +148,7 @@ class Ledger(Upkeep):
             )
             self.db.execute("UPDATE stock SET needs_recount = 1 WHERE slot = ?", [slot])
             self._event(at, "vend_interrupted", f"vend {vend_id}: {detail}; recount", slot)
+            self._vend_failed(at, vend_id, slot, "interrupted", detail)
 
     # --- reads the core needs ----------------------------------------------------------------
 
@@ -217,18 +221,31 @@ class Ledger(Upkeep):
                 "UPDATE vends SET outcome = 'delivered', ended_at = ?, detail = ? WHERE id = ?",
                 [at, detail, vend_id],
             )
-            self.db.execute(
+            sale = self.db.execute(
                 "INSERT INTO sales (at, vend_id, session_id, slot, product, price_cents) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [at, vend_id, session, slot, product, price],
-            )
+            ).lastrowid
             self.db.execute(
                 "UPDATE credit_sessions SET balance_cents = balance_cents - ? WHERE id = ?",
                 [price, session],
             )
             self.db.execute("UPDATE stock SET quantity = quantity - 1 WHERE slot = ?", [slot])
             self._close_if_empty(at, session, "spent")
-        return self.credit_cents()
+            left = self.credit_cents()
+            self._outbox(
+                at,
+                "sale",
+                {
+                    "sale_id": sale,
+                    "vend_id": vend_id,
+                    "slot": slot,
+                    "product": product,
+                    "price_cents": price,
+                    "credit_left_cents": left,
+                },
+            )
+        return left
 
     def fail_vend(self, vend_id: int, outcome: str, detail: str, fault: str | None) -> None:
         """No drop confirmed: nothing charged; the slot gets fault `fault` when given."""
@@ -239,8 +256,13 @@ class Ledger(Upkeep):
                 [outcome, at, detail, vend_id],
             )
             self._event(at, "vend_failed", detail, slot, device="dispenser", code=outcome)
+            self._vend_failed(at, vend_id, slot, outcome, detail)
             if fault is not None:
                 self._set_fault(at, Fault(slot_device(slot), fault, at, detail, slot))
+
+    def _vend_failed(self, at: str, vend_id: int, slot: int, outcome: str, detail: str) -> None:
+        body = {"vend_id": vend_id, "slot": slot, "outcome": outcome, "detail": detail}
+        self._outbox(at, "vend_failed", body | {"charged": False})
 
     def donate(self, beneficiary: str) -> int:
         """Give the open credit to `beneficiary`; returns the amount donated (0 if none)."""
@@ -258,6 +280,7 @@ class Ledger(Upkeep):
             )
             self.db.execute("UPDATE credit_sessions SET balance_cents = 0 WHERE id = ?", [session])
             self._close_if_empty(at, session, "donated")
+            self._outbox(at, "donation", {"amount_cents": amount, "beneficiary": beneficiary})
         return int(amount)
 
     def _close_if_empty(self, at: str, session: int, reason: str) -> None:

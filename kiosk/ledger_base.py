@@ -6,7 +6,9 @@ reads for reports live in reports.py.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ class Actor:
 
 
 KIOSK = Actor("kiosk", "kiosk")
+# Events with an outbox message of their own kind: not repeated as a service event.
+OWN_STREAM = frozenset({"collection"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class LedgerBase:
     ) -> None:
         self.path = str(path)
         self._now = now
+        self.boot_id = uuid.uuid4().hex  # this process's: every outbox row carries it
         self.db, self.created = open_ledger(path, busy_timeout_ms=busy_timeout_ms)
         self.schema_version = schema_version(self.db, path)
 
@@ -150,6 +155,21 @@ class LedgerBase:
             "INSERT INTO events (at, kind, device, code, slot, detail, actor, origin) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [at, kind, device, code, slot, detail, actor, origin],
+        )
+        if kind in ("fault", "fault_cleared"):
+            body: dict[str, Any] = {"device": device, "code": code, "active": kind == "fault"}
+            body |= {"detail": detail, "slot": slot, "actor": actor, "origin": origin}
+            self._outbox(at, "fault", body)
+        elif origin != "kiosk" and kind not in OWN_STREAM:  # a person's (or the city's) doing
+            body = {"action": kind, "slot": slot, "code": code, "detail": detail}
+            self._outbox(at, "service", body | {"actor": actor, "origin": origin})
+
+    def _outbox(self, at: str, kind: str, body: dict[str, Any]) -> None:
+        """An event for the city, in the transaction of the record it reports; the publisher
+        sends it (telemetry.py), numbered by its row: `seq`, contiguous and never reused."""
+        self.db.execute(
+            "INSERT INTO outbox (msg_id, kind, body, at, boot_id) VALUES (?, ?, ?, ?, ?)",
+            [str(uuid.uuid4()), kind, json.dumps(body, ensure_ascii=False), at, self.boot_id],
         )
 
     def _set_fault(self, at: str, fault: Fault) -> bool:

@@ -159,4 +159,24 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         )
         """,
     ),
+    (
+        5,
+        "the telemetry outbox and remote commands done",
+        """
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            msg_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL,
+            at TEXT NOT NULL,
+            boot_id TEXT NOT NULL
+        );
+        CREATE TABLE commands (
+            cmd_id TEXT PRIMARY KEY,
+            at TEXT NOT NULL,
+            name TEXT NOT NULL,
+            reply TEXT NOT NULL
+        )
+        """,
+    ),
 ]

@@ -143,6 +143,13 @@ class Upkeep(LedgerBase):
             if counted_cents is not None:
                 detail += f", {counted_cents} c counted ({collection.difference_cents:+d} c)"
             self._event(at, "collection", detail, None, by.user, origin=by.origin)
+            body = {
+                "coins": {str(k): v for k, v in coins.items()},
+                "value_cents": expected,
+                "counted_cents": counted_cents,
+                "difference_cents": collection.difference_cents,
+            }
+            self._outbox(at, "collection", body | {"actor": by.user, "origin": by.origin})
         return collection
 
     # --- faults, service mode, coins ---------------------------------------------------------

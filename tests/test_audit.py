@@ -33,6 +33,7 @@ from kiosk.audit import (
 from kiosk.config import SlotConfig
 from kiosk.ledger import Ledger
 from kiosk.ledger_base import Actor, Fault
+from kiosk.migrations import MIGRATIONS
 from sim.clock import SimClock
 from sim.rig import SimKiosk
 from sim.shoppers import simulate
@@ -196,7 +197,8 @@ def test_a_report_lays_out_the_recommended_segments(books: Ledger, clock: SimClo
     assert products(dex)[2]["PA1"].fields == ("2", "15", "Chocolat noir a 70 %")
     assert products(dex)[2]["PA5"].fields == ("20260105", "090203", "0")
     assert products(dex)[1]["PA5"].fields == ("", "", "0")
-    assert [s[2] for s in dex.all("MA5")] == [kiosk_pkg.__version__, "4", "0", "0"]
+    schema = str(len(MIGRATIONS))
+    assert [s[2] for s in dex.all("MA5")] == [kiosk_pkg.__version__, schema, "0", "0"]
 
 
 def test_a_read_with_reset_closes_its_period(books: Ledger, clock: SimClock) -> None:
