@@ -16,7 +16,7 @@ import collections
 import logging
 import queue
 from collections.abc import Callable
-from typing import Any, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 from drivers.base import (
     CancelPressed,
@@ -45,6 +45,9 @@ from kiosk.machine import ACCEPTING, KioskModel, State, build
 from kiosk.screen import Screen, View
 from kiosk.service import Desk
 
+if TYPE_CHECKING:
+    from kiosk.telemetry import Telemetry
+
 log = logging.getLogger(__name__)
 
 STORAGE_RETRY_S = 1.0
@@ -53,6 +56,7 @@ ACCEPTOR = "coin_acceptor"
 STORAGE = ("kiosk", "storage")
 INTERNAL = ("kiosk", "internal_error")
 PANEL = Actor("technician", "panel")  # at the kiosk itself: the door, products put in by hand
+ADVISORY = frozenset({"telemetry"})  # devices whose faults do not stop the kiosk selling
 
 
 # A failed vend marks the slot with this fault; BLOCKED is the drop sensor's, not the slot's.
@@ -94,6 +98,7 @@ class Controller:
         self.started_at = clock.monotonic()
         self.identity: dict[str, str] = {}  # the coin acceptor's, as it last reported
         self.coins_saved = 0  # coins ever taken here: the idle screen says so
+        self.telemetry: Telemetry | None = None  # told of each change of state; never waited on
 
     @property
     def state(self) -> State:
@@ -131,6 +136,7 @@ class Controller:
         started. The kiosk is ready once the coin acceptor reports in (ready or faulty)."""
         self._show_state()
         self.ledger.boot(self.config.kiosk.id)
+        self.ledger.prune_outbox(self.config.mqtt.outbox_keep_days)
         self.ledger.sync_slots(self.config.slots)
         for vend in self.ledger.resolve_interrupted_vends():
             log.warning("vend %d of slot %d was interrupted: not charged", vend.vend_id, vend.slot)
@@ -263,6 +269,12 @@ class Controller:
 
     def _on_fault(self, event: DeviceFault) -> None:
         key = (event.device, event.code)
+        if event.device in ADVISORY:  # recorded and reported; selling goes on
+            if event.active:
+                self.ledger.set_fault(Fault(*key, "", event.detail))
+            else:
+                self.ledger.clear_fault(*key, event.detail)
+            return
         if event.active:
             self.ledger.set_fault(Fault(*key, "", event.detail))
             self._block(key)
@@ -521,7 +533,18 @@ class Controller:
             self.hw.panel.set_led(slot.slot, accepting and slot.sellable)
 
     def _show_state(self) -> None:
-        self.screen.show(self._view(), self.clock.monotonic())
+        now = self.clock.monotonic()
+        self.screen.show(self._view(), now)
+        if self.telemetry is not None:
+            self.telemetry.state_changed(
+                {
+                    "boot_id": self.ledger.boot_id,
+                    "state": str(self.state),
+                    "credit_cents": self.credit_cents,
+                    "service_mode": self.model.service_mode,
+                    "uptime_s": round(now - self.started_at, 1),
+                }
+            )
 
     def _view(self) -> View:
         vend_slot = None if self._vend is None else self.slots.get(self._vend[1])

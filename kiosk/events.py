@@ -39,6 +39,8 @@ class Command:
     request: Request
     by: Actor
     reply: Callable[[dict[str, Any]], None]
+    cmd_id: str | None = None  # a remote command's: done once, answered the same after
+    refusal: str | None = None  # refused before it came here (a bad remote command): why
 
 
 @dataclass(frozen=True)

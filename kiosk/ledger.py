@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
+from kiosk import outbox
 from kiosk.config import SlotConfig
 from kiosk.errors import LedgerError
 from kiosk.ledger_base import KIOSK, Actor, Fault, SlotState, iso, slot_device
@@ -110,6 +112,12 @@ class Ledger(Upkeep):
             "INSERT OR REPLACE INTO slot_profile VALUES (?, ?, ?, ?)",
             [slot.id, slot.product, slot.price_cents, slot.capacity],
         )
+
+    def prune_outbox(self, keep_days: float) -> int:
+        """Forget outbox rows the broker acknowledged more than `keep_days` ago."""
+        before = iso(self._now() - timedelta(days=keep_days))
+        with self._tx():
+            return outbox.prune(self.db, outbox.read_watermark(self.path), before)
 
     def resolve_interrupted_vends(self) -> list[InterruptedVend]:
         """Vends cut short by a crash: never charged; their slot is flagged for a recount."""

@@ -69,6 +69,8 @@ SLOT: Spec = {"slot": (_whole("slot", 1, 99), True)}
 COMMANDS: dict[str, Spec] = {
     "status": {},
     "coins": {},
+    "telemetry": {},
+    "refresh": {},
     "refill": SLOT | {"quantity": (_whole("quantity", 1, MAX_QUANTITY), False)},
     "count": SLOT | {"quantity": (_whole("quantity", 0, MAX_QUANTITY), True)},
     "price": SLOT | {"price_cents": (_whole("price_cents", 1, MAX_PRICE_CENTS, " c"), True)},
@@ -84,7 +86,7 @@ COMMANDS: dict[str, Spec] = {
     "audit": {"reset": (_flag("reset"), True)},
 }
 # Those that change nothing: answered with the kiosk in any state.
-READS = frozenset({"status", "coins"})
+READS = frozenset({"status", "coins", "telemetry"})
 
 
 def check(name: Any, args: Any) -> Request:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import DeviceError
-from kiosk import __version__
+from kiosk import __version__, outbox
 from kiosk.config import Config
 from kiosk.errors import Refused
 from kiosk.events import Command
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 # In maintenance only: the technician's hands are in the kiosk.
 HANDS_ON = frozenset({"refill", "count", "collect", "test_vend"})
+REMOTE = "mqtt"
 DEFAULT_COINS = (1, 2, 5)
 
 
@@ -108,16 +109,30 @@ class Desk:
         return self._test_vend is not None
 
     def handle(self, command: Command) -> None:
+        ledger = self.core.ledger
+        if command.cmd_id is not None:
+            done = ledger.command_reply(command.cmd_id)
+            if done is not None:  # delivered again: answered again, not done again
+                command.reply(done)
+                return
+        reply = self._reply(command)
+        if reply is None:
+            return  # a test vend: answered when it ends
+        if command.by.origin == REMOTE:
+            ledger.record_command(command.cmd_id, command.request.name, reply, command.by)
+        command.reply(reply)
+
+    def _reply(self, command: Command) -> dict[str, Any] | None:
+        if command.refusal is not None:
+            return {"ok": False, "error": command.refusal}
         try:
             result = self._run(command)
         except Refused as err:
-            command.reply({"ok": False, "error": str(err)})
-            return
+            return {"ok": False, "error": str(err)}
         except Exception as err:  # storage or worse: the core handles it, the caller hears
             command.reply({"ok": False, "error": f"not done: {err}"})
             raise
-        if result is not None:
-            command.reply({"ok": True, "result": result})
+        return None if result is None else {"ok": True, "result": result}
 
     def _run(self, command: Command) -> dict[str, Any] | None:
         core, request, by = self.core, command.request, command.by
@@ -126,6 +141,13 @@ class Desk:
             return self.status()
         if name == "coins":
             return self.coins()
+        if name == "telemetry":
+            return self.telemetry()
+        if name == "refresh":
+            if core.telemetry is None:
+                raise Refused("telemetry is off ([mqtt] has no host or socket)")
+            core.telemetry.refresh()
+            return {"refresh": True}
         if name in HANDS_ON and core.state is not State.MAINTENANCE:
             raise Refused(
                 f"{name.replace('_', '-')}: the kiosk is {core.state}; open the door or run "
@@ -233,6 +255,12 @@ class Desk:
             "ledger": core.ledger.path,
             "acceptor": self.coins(),
         }
+
+    def telemetry(self) -> dict[str, Any]:
+        core = self.core
+        link = core.telemetry.status() if core.telemetry is not None else {"enabled": False}
+        backlog = outbox.backlog(core.ledger.db, outbox.read_watermark(core.ledger.path))
+        return {"running": True, **link, "backlog": backlog.as_json(core.clock.wall())}
 
     def coins(self) -> dict[str, Any]:
         core = self.core

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlite_utils import Database
 
@@ -253,6 +254,27 @@ class Upkeep(LedgerBase):
             elif fault is not None:
                 self._set_fault(at, Fault(slot_device(slot), fault, at, detail, slot))
             self._event(at, "test_vend", detail, slot, code=outcome, device="dispenser")
+
+    # --- remote commands ---------------------------------------------------------------------
+
+    def command_reply(self, cmd_id: str) -> dict[str, Any] | None:
+        """The reply given to a remote command already done, if it was."""
+        reply = self._one("SELECT reply FROM commands WHERE cmd_id = ?", [cmd_id])
+        return None if reply is None else dict(json.loads(reply))
+
+    def record_command(
+        self, cmd_id: str | None, name: str, reply: dict[str, Any], by: Actor
+    ) -> None:
+        """A remote command answered (done or refused), kept so that it is done once."""
+        with self._tx() as at:
+            if cmd_id is not None:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?)",
+                    [cmd_id, at, name, json.dumps(reply)],
+                )
+            outcome = "done" if reply.get("ok") else f"refused: {reply.get('error')}"
+            detail = f"{cmd_id or 'no cmd_id'}: {outcome}"
+            self._event(at, "command", detail, None, by.user, code=name, origin=by.origin)
 
     # --- audit -------------------------------------------------------------------------------
 

@@ -1,0 +1,177 @@
+"""The publisher's side of the outbox: which rows are still to send, the marks of those the broker
+acknowledged, the backlog a technician sees, and the message each row becomes.
+
+The outbox rows live in the ledger, written in the transaction of the record they report
+(ledger_base.py). The marks do not: they go to a small database of their own beside the ledger
+(`<ledger>.sent`), which only the publisher writes, so marking a row sent never makes the core
+wait on the ledger's write lock. Losing that file only means sending again what was sent (the
+consumers drop duplicates by msg_id or seq). Rows are acknowledged out of order at times: the
+marks keep a watermark (every seq up to it acknowledged) and the acknowledged seqs above it.
+Sent rows older than `outbox_keep_days` are pruned by the core, which owns the ledger's writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from kiosk.errors import LedgerError
+from kiosk.schema import connect
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    msg_id: str
+    kind: str
+    body: dict[str, Any]
+    at: str
+    boot_id: str
+
+    def message(self, kiosk_id: str, *, historical: bool) -> dict[str, Any]:
+        """The payload of event/<kind>: the envelope, then the record's own fields."""
+        return {
+            "msg_id": self.msg_id,
+            "seq": self.seq,
+            "boot_id": self.boot_id,
+            "kiosk_id": kiosk_id,
+            "ts": self.at,
+            "historical": historical,
+            "kind": self.kind,
+            **self.body,
+        }
+
+
+def marks_path(ledger: str | Path) -> Path:
+    return Path(f"{ledger}.sent")
+
+
+class Marks:
+    """The acknowledged seqs, in their own file; one writer (the publisher)."""
+
+    def __init__(self, ledger: str | Path) -> None:
+        self.path = marks_path(ledger)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # a lost mark is a duplicate, no more
+            self.db.execute("CREATE TABLE IF NOT EXISTS acked (seq INTEGER PRIMARY KEY)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS watermark (seq INTEGER NOT NULL)")
+        except sqlite3.Error as err:
+            raise LedgerError(f"outbox marks {self.path}: {err}") from err
+        if self.db.execute("SELECT count(*) FROM watermark").fetchone()[0] == 0:
+            self.db.execute("INSERT INTO watermark VALUES (0)")
+        self.watermark = int(self.db.execute("SELECT seq FROM watermark").fetchone()[0])
+        self.above = {int(s) for (s,) in self.db.execute("SELECT seq FROM acked")}
+
+    def close(self) -> None:
+        self.db.close()
+
+    def acked(self, seq: int) -> None:
+        if seq <= self.watermark or seq in self.above:
+            return
+        self.above.add(seq)
+        while self.watermark + 1 in self.above:
+            self.watermark += 1
+            self.above.discard(self.watermark)
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("UPDATE watermark SET seq = ?", [self.watermark])
+            self.db.execute("DELETE FROM acked WHERE seq <= ?", [self.watermark])
+            if seq > self.watermark:
+                self.db.execute("INSERT OR IGNORE INTO acked VALUES (?)", [seq])
+
+    def done(self, seq: int) -> bool:
+        return seq <= self.watermark or seq in self.above
+
+
+def read_watermark(ledger: str | Path) -> int:
+    """The watermark as last written (0 when nothing was ever acknowledged), read-only."""
+    path = marks_path(ledger)
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            row = db.execute("SELECT seq FROM watermark").fetchone()
+        except sqlite3.Error:
+            return 0
+    return 0 if row is None else int(row[0])
+
+
+class Reader:
+    """The publisher's own read-only connection to the ledger's outbox."""
+
+    def __init__(self, ledger: str | Path) -> None:
+        self.db: Database = connect(ledger, read_only=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def after(self, seq: int, limit: int) -> list[Row]:
+        return rows_after(self.db, seq, limit)
+
+    def last_seq(self) -> int:
+        return int(self.db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
+
+
+def rows_after(db: Database, seq: int, limit: int) -> list[Row]:
+    return [
+        Row(s, m, k, json.loads(b), a, boot)
+        for s, m, k, b, a, boot in db.execute(
+            "SELECT seq, msg_id, kind, body, at, boot_id FROM outbox WHERE seq > ? "
+            "ORDER BY seq LIMIT ?",
+            [seq, limit],
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class Backlog:
+    unsent: int
+    oldest_unsent_at: str | None
+    last_seq: int
+
+    def as_json(self, now: datetime) -> dict[str, Any]:
+        age = None
+        if self.oldest_unsent_at is not None:
+            oldest = datetime.fromisoformat(self.oldest_unsent_at.replace("Z", "+00:00"))
+            age = round((now - oldest).total_seconds(), 1)
+        return {
+            "unsent": self.unsent,
+            "oldest_unsent_at": self.oldest_unsent_at,
+            "oldest_unsent_age_s": age,
+            "last_seq": self.last_seq,
+        }
+
+
+def backlog(db: Database, watermark: int, acked_above: set[int] | None = None) -> Backlog:
+    """What waits to be sent: rows above the watermark not acknowledged out of order."""
+    above = acked_above or set()
+    rows = db.execute("SELECT seq, at FROM outbox WHERE seq > ? ORDER BY seq", [watermark])
+    waiting = [(seq, at) for seq, at in rows if seq not in above]
+    last = int(db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
+    return Backlog(len(waiting), waiting[0][1] if waiting else None, last)
+
+
+def prune(db: Database, watermark: int, before: str) -> int:
+    """Delete sent rows recorded before `before` (the caller's transaction). Returns how many."""
+    return int(
+        db.execute("DELETE FROM outbox WHERE seq <= ? AND at < ?", [watermark, before]).rowcount
+    )
+
+
+@contextlib.contextmanager
+def reading(ledger: str | Path) -> Iterator[Reader]:
+    reader = Reader(ledger)
+    try:
+        yield reader
+    finally:
+        reader.close()
