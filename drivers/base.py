@@ -183,6 +183,7 @@ class CoinAcceptor(ABC):
     coins_cents: tuple[int, ...]  # the coins the kiosk accepts, as the constructor was given
     # Where a technician chooses the coins of an acceptor that takes or refuses all together.
     coin_choice = "see its manual"
+    per_coin_inhibit = False  # True for a back-end that refuses one denomination on its own
 
     @abstractmethod
     def resume_from(self, cursor: str | None) -> None:
@@ -209,10 +210,14 @@ class CoinAcceptor(ABC):
         device. ValueError for a value the kiosk does not accept. This default is for an
         acceptor with one inhibit for all its coins: the full set only, else DeviceError."""
         if check_denominations(cents, self.coins_cents) != frozenset(self.coins_cents):
-            raise DeviceError(
-                f"the {self.name} coin acceptor takes or refuses all its coins together; choose "
-                f"the coins it takes on the acceptor itself ({self.coin_choice})"
-            )
+            raise DeviceError(self.all_or_none())
+
+    @classmethod
+    def all_or_none(cls) -> str:
+        return (
+            f"the {cls.name} coin acceptor takes or refuses all its coins together; choose "
+            f"the coins it takes on the acceptor itself ({cls.coin_choice})"
+        )
 
     @property
     def denominations(self) -> frozenset[int]:

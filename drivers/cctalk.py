@@ -46,6 +46,7 @@ class CcTalkSettings:
 
 class CcTalkCoinAcceptor(CoinAcceptor):
     name = "cctalk"
+    per_coin_inhibit = True  # modify inhibit status (231), position by position
 
     def __init__(
         self,

@@ -8,9 +8,8 @@ G85, SE, DXE) and its CRC-16/ARC. It only reads: `Upkeep.read_audit` records the
 
 Periods. "Since initialisation" counts every row up to this read's marks (inside the read's
 transaction, that is every row). "Since reset" counts the rows after the marks of the latest
-earlier read with reset; a read with reset reports the period it closes. Sales are placed in a
-period by their vend's id (`audit_reads` marks vends, not sales): a vend still running when a
-read with reset is taken falls out of both periods' interim counters.
+earlier read with reset; a read with reset reports the period it closes. A sale falls in the
+period its sale row was committed in (`audit_reads` marks sale ids), whenever its vend began.
 
 Choices where the reference is silent or marks a field unconfirmed:
 - DXS01 "CTM" + 7 digits: the kiosk id's ASCII digits, zero-filled, or if it has none a CRC-32 of

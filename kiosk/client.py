@@ -24,7 +24,7 @@ from typing import Any
 
 from kiosk import lock, service
 from kiosk.config import Config
-from kiosk.control import REPLY_TIMEOUT_S, check_path
+from kiosk.control import check_path, reply_timeout_s
 from kiosk.errors import KioskError, Refused
 from kiosk.ledger import Actor, Ledger
 from kiosk.lock import LedgerLock
@@ -61,7 +61,7 @@ def os_user() -> str:
         return f"uid {os.getuid()}"
 
 
-def call_socket(path: str, request: Request) -> dict[str, Any]:
+def call_socket(path: str, request: Request, timeout_s: float) -> dict[str, Any]:
     """One request to the daemon; its result, or Refused with the daemon's reason."""
     check_path(path)
     line = json.dumps({"request": request.name, "args": dict(request.args)}).encode() + b"\n"
@@ -69,7 +69,7 @@ def call_socket(path: str, request: Request) -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(path)
-            sock.settimeout(REPLY_TIMEOUT_S + CONNECT_TIMEOUT_S)
+            sock.settimeout(timeout_s + CONNECT_TIMEOUT_S)
             sock.sendall(line)
             with sock.makefile("rb") as replies:
                 raw = replies.readline()
@@ -115,7 +115,8 @@ def submit(target: Target, request: Request) -> tuple[dict[str, Any], str]:
     pid = target.daemon_pid()
     if pid is not None:
         how = f"through the daemon (PID {pid}) on {target.socket}"
-        return call_socket(target.socket, request), how
+        timeout_s = reply_timeout_s(target.config.dispenser if target.config else None)
+        return call_socket(target.socket, request, timeout_s), how
     if request.name == "test_vend":
         raise KioskError("test-vend runs a motor: it needs the kiosk daemon running")
     with offline_ledger(target) as ledger:

@@ -14,6 +14,7 @@ hold up a stop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
 import json
 import logging
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kiosk.config import DispenserSection
 from kiosk.errors import KioskError, Refused
 from kiosk.events import Command
 from kiosk.ledger_base import Actor
@@ -36,10 +38,23 @@ log = logging.getLogger(__name__)
 
 GROUP = "kiosk"
 MODE = 0o660
-REPLY_TIMEOUT_S = 120.0  # a test vend lasts up to max_run_s and a retry turn
+IDLE_TIMEOUT_S = 30.0  # a client that neither sends nor reads lets its place go
+MARGIN_S = 10.0
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path, less its terminating NUL
 MAX_CLIENTS = 16  # each has one request at most in the core's queue: coins never wait behind many
 ORIGIN = "socket"
+
+
+def reply_timeout_s(dispenser: DispenserSection | None) -> float:
+    """How long an answer may take: a test vend's longest run (every turn to its motor limit,
+    each with its wait for the drop), and a margin. Without a profile, the longest allowed."""
+    if dispenser is None:
+        most = {f.name: f.metadata.get("max", 0) for f in dataclasses.fields(DispenserSection)}
+        turns, run_s, wait_s = most["retry_turns"], most["max_run_s"], most["drop_wait_s"]
+    else:
+        turns, run_s = dispenser.retry_turns, dispenser.max_run_s
+        wait_s = dispenser.drop_wait_s
+    return float((turns + 1) * (run_s + wait_s) + MARGIN_S)
 
 
 def check_path(path: str) -> None:
@@ -60,10 +75,11 @@ def peer_user(conn: socket.socket) -> str:
 
 
 class ControlServer:
-    def __init__(self, path: str, submit: Callable[[Command], None]) -> None:
+    def __init__(self, path: str, submit: Callable[[Command], None], reply_timeout: float) -> None:
         check_path(path)
         self.path = path
         self._submit = submit
+        self._reply_timeout_s = reply_timeout
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
@@ -129,6 +145,7 @@ class ControlServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            conn.settimeout(IDLE_TIMEOUT_S)
             with conn, conn.makefile("rb") as lines:
                 user = peer_user(conn)
                 while True:
@@ -141,7 +158,7 @@ class ControlServer:
                         )
                         return  # the rest of that line is not a request either
                     conn.sendall(_encode(self._answer(line, user)))
-        except OSError as err:  # the client went away
+        except OSError as err:  # the client went away, or sat idle too long
             log.debug("control client: %s", err)
         except Exception:  # the top of this thread: one client's trouble, never the daemon's
             log.exception("control client")
@@ -156,7 +173,7 @@ class ControlServer:
         replies: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=1)
         self._submit(Command(request, Actor(user, ORIGIN), replies.put_nowait))
         try:
-            reply = replies.get(timeout=REPLY_TIMEOUT_S)
+            reply = replies.get(timeout=self._reply_timeout_s)
         except queue.Empty:
             reply = _refusal("the kiosk did not answer in time")
         return reply if request_id is None else {**reply, "id": request_id}

@@ -34,6 +34,7 @@ from drivers.base import (
     best_effort,
 )
 from drivers.clock import Clock
+from kiosk import figures
 from kiosk.config import Config
 from kiosk.credit import CreditTimers
 from kiosk.deadlines import Deadlines
@@ -95,6 +96,7 @@ class Controller:
         self._running = False
         self._stop_after_vend = False
         self.desk = Desk(self)
+        self._door_closed_in_test = False
         self.started_at = clock.monotonic()
         self.identity: dict[str, str] = {}  # the coin acceptor's, as it last reported
         self.coins_saved = 0  # coins ever taken here: the idle screen says so
@@ -111,6 +113,11 @@ class Controller:
     @property
     def credit_cents(self) -> int:
         return self.model.credit_cents
+
+    @property
+    def storage_failing(self) -> bool:
+        """Writes are waiting for the ledger to take them again."""
+        return self._storage_error is not None or bool(self._pending)
 
     @property
     def donation_pending(self) -> bool:
@@ -147,22 +154,22 @@ class Controller:
         self.model.door_open = self.hw.panel.door_is_open
         self.model.service_mode = self.ledger.service_mode()
         self.identity = self.ledger.identity(ACCEPTOR)
-        self.coins_saved = self.ledger.coins_count()
+        self.coins_saved = figures.coins_saved(self.ledger.db)
         self.reload_slots()
-        self._restore_coins()
+        self.apply_coins()
         self.hw.acceptor.resume_from(self.ledger.acceptor_cursor())
         self.hw.start()
 
-    def _restore_coins(self) -> None:
-        """The denominations a technician turned off stay off across restarts."""
+    def apply_coins(self) -> None:
+        """The acceptor takes the coins the ledger says are on (a technician's choice stays
+        across restarts)."""
         off = self.ledger.inhibited_coins()
-        if not off:
-            return
         acceptor = self.hw.acceptor
         try:
             acceptor.set_denominations(frozenset(acceptor.coins_cents) - off)
-        except (DeviceError, ValueError) as err:
-            log.warning("coins %s stay on: %s", sorted(off), err)
+        except (DeviceError, ValueError) as err:  # a profile changed to an acceptor without
+            log.warning("coins %s stay on: %s", sorted(off), err)  # per-coin inhibits
+        self._show_state()
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -443,6 +450,19 @@ class Controller:
             self.ledger.record_event("door_closed", by=PANEL, device="door")
             self.model.door_open = False
             return
+        if self.desk.testing:  # the visit ends with the test vend, not with a motor running
+            self._door_closed_in_test = True
+            return
+        self._end_visit()
+
+    def after_test_vend(self) -> None:
+        """The test vend ended: a door closed meanwhile ends the visit now."""
+        self.reload_slots()
+        if self._door_closed_in_test:
+            self._door_closed_in_test = False
+            self._end_visit()
+
+    def _end_visit(self) -> None:
         # An error during the visit halts the kiosk with the door still open: out of service.
         visit = self.state is State.MAINTENANCE or (
             self.state is State.OUT_OF_SERVICE and self.model.door_open

@@ -19,7 +19,7 @@ from typing import Any
 
 from drivers.clock import SystemClock
 from kiosk.config import Config
-from kiosk.control import ControlServer
+from kiosk.control import ControlServer, reply_timeout_s
 from kiosk.core import Controller
 from kiosk.events import Shutdown
 from kiosk.hardware import build_hardware
@@ -53,7 +53,7 @@ def _run(config: Config, pins: Any) -> int:
         ledger.close()
         raise
     controller = Controller(config, ledger, hardware, clock, events)
-    control = ControlServer(config.control_socket, events.put)
+    control = ControlServer(config.control_socket, events.put, reply_timeout_s(config.dispenser))
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)

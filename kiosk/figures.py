@@ -21,6 +21,8 @@ from typing import Any
 from sqlite_utils import Database
 
 from kiosk.config import CashboxSection, ImpactSection
+from kiosk.ledger_base import SlotState, read_slots
+from kiosk.upkeep import Collection
 
 
 @dataclass(frozen=True)
@@ -72,54 +74,17 @@ def _unweighed(counts: dict[int, int]) -> tuple[int, ...]:
 # --- stock -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StockRow:
-    slot: int
-    product: str
-    price_cents: int
-    quantity: int
-    capacity: int
-    enabled: bool
-    fault: str | None  # the slot's active fault code (the first by name if it has several)
-    needs_recount: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+StockRow = SlotState  # one slot's line: product, price, quantity, capacity, on sale, fault
 
 
 def stock(db: Database) -> list[StockRow]:
-    rows = db.execute(
-        "SELECT s.slot, product, price_cents, quantity, capacity, enabled, "
-        "(SELECT min(code) FROM faults f WHERE f.device = 'slot_' || s.slot), needs_recount "
-        "FROM stock s ORDER BY s.slot"
-    )
-    return [StockRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], bool(r[7])) for r in rows]
+    return list(read_slots(db).values())
 
 
 # --- the cash box ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LastCollection:
-    at: str
-    actor: str
-    coins: dict[int, int]  # denomination in cents -> count taken out
-    expected_cents: int
-    counted_cents: int | None
-
-    @property
-    def difference_cents(self) -> int | None:
-        return None if self.counted_cents is None else self.counted_cents - self.expected_cents
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "actor": self.actor,
-            "coins": _denominations(self.coins),
-            "expected_cents": self.expected_cents,
-            "counted_cents": self.counted_cents,
-            "difference_cents": self.difference_cents,
-        }
+LastCollection = Collection  # the last emptying of the cash box
 
 
 @dataclass(frozen=True)

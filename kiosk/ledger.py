@@ -164,9 +164,6 @@ class Ledger(Upkeep):
         cursor = self._one("SELECT value FROM meta WHERE key = 'acceptor_cursor'")
         return None if cursor is None else str(cursor)
 
-    def coins_count(self) -> int:
-        return int(self._one("SELECT count(*) FROM coins"))
-
     def credit_cents(self) -> int:
         return int(
             self._one("SELECT balance_cents FROM credit_sessions WHERE closed_at IS NULL") or 0

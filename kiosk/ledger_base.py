@@ -6,6 +6,7 @@ reads for reports live in reports.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import uuid
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from sqlite_utils import Database
 
 from kiosk.errors import LedgerError
 from kiosk.schema import open_ledger, schema_version
@@ -50,6 +53,21 @@ class SlotState:
     @property
     def sellable(self) -> bool:
         return self.enabled and self.fault is None and self.quantity > 0
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_slots(db: Database) -> dict[int, SlotState]:
+    """Every slot the ledger holds, with its active fault code (the first by name)."""
+    rows = db.execute(
+        "SELECT s.slot, product, price_cents, quantity, capacity, enabled, "
+        "(SELECT min(code) FROM faults f WHERE f.device = 'slot_' || s.slot), needs_recount "
+        "FROM stock s ORDER BY s.slot"
+    )
+    return {
+        r[0]: SlotState(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], bool(r[7])) for r in rows
+    }
 
 
 @dataclass(frozen=True)
@@ -118,15 +136,7 @@ class LedgerBase:
         return None if value is None else str(value)
 
     def slots(self) -> dict[int, SlotState]:
-        rows = self.db.execute(
-            "SELECT s.slot, product, price_cents, quantity, capacity, enabled, "
-            "(SELECT min(code) FROM faults f WHERE f.device = 'slot_' || s.slot), needs_recount "
-            "FROM stock s ORDER BY s.slot"
-        )
-        return {
-            r[0]: SlotState(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], bool(r[7]))
-            for r in rows
-        }
+        return read_slots(self.db)
 
     def faults(self) -> list[Fault]:
         """The active faults, oldest first."""

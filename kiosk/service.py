@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from drivers.base import DeviceError
+from drivers.base import acceptor_class
 from kiosk import __version__, outbox
 from kiosk.config import Config
 from kiosk.errors import Refused
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 # In maintenance only: the technician's hands are in the kiosk.
 HANDS_ON = frozenset({"refill", "count", "collect", "test_vend"})
 REMOTE = "mqtt"
+# Refused while a test vend runs: they would change what the vend's outcome is counted against,
+# or end the visit with a motor running.
+BUSY_DURING_TEST = HANDS_ON | {"service", "coin", "faults_clear"}
 DEFAULT_COINS = (1, 2, 5)
 
 
@@ -61,11 +64,7 @@ def apply(ledger: Ledger, config: Config | None, request: Request, by: Actor) ->
             changed = ledger.set_enabled(a["slot"], a["enabled"], by)
             return {"slot": a["slot"], "enabled": a["enabled"], "changed": changed}
         case "coin":
-            if a["value_cents"] not in coins:
-                named = ", ".join(f"{c} c" for c in coins)
-                raise Refused(f"{a['value_cents']} c is not a coin this kiosk takes ({named})")
-            off = ledger.set_coin_inhibited(a["value_cents"], not a["enabled"], by)
-            return {"inhibited_cents": sorted(off)}
+            return _coin(ledger, config, coins, a["value_cents"], a["enabled"], by)
         case "collect":
             done = ledger.collect(a["counted_cents"], by)
             return {
@@ -90,6 +89,29 @@ def apply(ledger: Ledger, config: Config | None, request: Request, by: Actor) ->
             cleared = ledger.set_service_mode(a["on"], by)
             return {"service": a["on"], "cleared": [f"{f.device}:{f.code}" for f in cleared]}
     raise Refused(f"{request.name}: needs the kiosk daemon running")
+
+
+def _coin(
+    ledger: Ledger,
+    config: Config | None,
+    coins: tuple[int, ...],
+    value_cents: int,
+    enabled: bool,
+    by: Actor,
+) -> dict[str, Any]:
+    if value_cents not in coins:
+        named = ", ".join(f"{c} c" for c in coins)
+        raise Refused(f"{value_cents} c is not a coin this kiosk takes ({named})")
+    if config is not None:
+        acceptor: Any = acceptor_class(config.coin_acceptor.driver)
+        if not acceptor.per_coin_inhibit:
+            raise Refused(acceptor.all_or_none())
+    off = ledger.inhibited_coins()
+    off = off | {value_cents} if not enabled else off - {value_cents}
+    if set(coins) <= off:
+        raise Refused("that would turn every coin off; use `kiosk service on` instead")
+    ledger.set_coin_inhibited(value_cents, not enabled, by)
+    return {"inhibited_cents": sorted(off), "enabled_cents": sorted(set(coins) - off)}
 
 
 def _slot(ledger: Ledger, slot: int) -> dict[str, Any]:
@@ -148,6 +170,10 @@ class Desk:
                 raise Refused("telemetry is off ([mqtt] has no host or socket)")
             core.telemetry.refresh()
             return {"refresh": True}
+        if core.storage_failing:
+            raise Refused("the ledger takes no writes now (a storage fault); try again later")
+        if self.testing and name in BUSY_DURING_TEST:
+            raise Refused("a test vend is under way; try again in a few seconds")
         if name in HANDS_ON and core.state is not State.MAINTENANCE:
             raise Refused(
                 f"{name.replace('_', '-')}: the kiosk is {core.state}; open the door or run "
@@ -160,35 +186,15 @@ class Desk:
             return None  # answered when the vend ends
         if name == "service":
             return self._service(args["on"], by)
-        asked = core.hw.acceptor.denominations
+        result = apply(core.ledger, core.config, request, by)
         if name == "coin":
-            self._set_coin(args["value_cents"], args["enabled"])
-        try:
-            result = apply(core.ledger, core.config, request, by)
-        except Exception:
-            if name == "coin":  # not recorded: the acceptor goes back to what the ledger says
-                core.hw.acceptor.set_denominations(asked)
-            raise
+            core.apply_coins()
         if name == "faults_clear":
             for key in result["cleared"]:
                 device, _, code = key.partition(":")
                 core.model.faults.discard((device, code))
         core.resettle()
         return result
-
-    def _set_coin(self, value_cents: int, enabled: bool) -> None:
-        acceptor = self.core.hw.acceptor
-        asked = (
-            acceptor.denominations | {value_cents}
-            if enabled
-            else (acceptor.denominations - {value_cents})
-        )
-        if not asked:
-            raise Refused("that would turn every coin off; use `kiosk service on` instead")
-        try:
-            acceptor.set_denominations(frozenset(asked))
-        except (DeviceError, ValueError) as err:
-            raise Refused(str(err)) from err
 
     def _service(self, on: bool, by: Actor) -> dict[str, Any]:
         core = self.core
@@ -203,6 +209,8 @@ class Desk:
             core.model.begin_service()
         elif ends_visit and core.state is State.MAINTENANCE:
             core.model.end_service()
+        else:
+            core.resettle()  # e.g. out of service after a halt that the visit has mended
         return {
             "service": on,
             "state": str(core.state),
@@ -219,8 +227,8 @@ class Desk:
         if core.slots[slot_id].quantity == 0:
             raise Refused(f"slot {slot_id} is empty; refill it first")
         test_id = core.ledger.start_test_vend(slot_id, by)
-        self._test_vend = (test_id, slot_id, reply)
         core.hw.dispenser.vend(slot_id)
+        self._test_vend = (test_id, slot_id, reply)  # only once the motor is asked to run
 
     def test_vend_finished(self, slot: int, outcome: str, detail: str, fault: str | None) -> bool:
         """The dispenser's outcome, if it is the test vend's: recorded and answered."""
@@ -230,7 +238,7 @@ class Desk:
         self.core.ledger.finish_test_vend(test_id, outcome, detail, fault)
         self._test_vend = None
         reply({"ok": True, "result": {"slot": slot, "outcome": outcome, "detail": detail}})
-        self.core.reload_slots()
+        self.core.after_test_vend()
         return True
 
     def abort(self, why: str) -> None:
@@ -271,5 +279,6 @@ class Desk:
             "accepting": acceptor.is_accepting,
             "coins_cents": list(core.config.kiosk.accepted_coins_cents),
             "enabled_cents": sorted(acceptor.denominations),
+            "inhibited_cents": sorted(core.ledger.inhibited_coins()),
             "identity": core.identity,
         }

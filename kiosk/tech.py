@@ -12,10 +12,13 @@ changes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import date
@@ -106,10 +109,7 @@ def _offline_status(db: Database, where: Target) -> dict[str, Any]:
         "service_mode": meta(SERVICE_MODE) == "1",
         "faults": [dict(zip(FAULT_KEYS, f, strict=True)) for f in faults],
         "ledger": str(where.ledger),
-        "acceptor": {
-            "identity": json.loads(meta("identity:coin_acceptor") or "{}"),
-            "inhibited_cents": json.loads(meta(INHIBITED_COINS) or "[]"),
-        },
+        "acceptor": _offline_coins(where, meta),
     }
 
 
@@ -139,13 +139,11 @@ def coins_text(c: dict[str, Any]) -> str:
     lines = []
     if c.get("identity"):
         lines.append(f"acceptor   {_identity(c['identity'])}")
-    if c["running"] is False:
-        lines.append("daemon     not running")
-        off = c.get("inhibited_cents") or []
-        lines.append(f"turned off {', '.join(f'{v} c' for v in off) or 'none'}")
-        return "\n".join(lines)
-    lines.append(f"driver     {c['driver']}")
-    lines.append(f"accepting  {'yes' if c['accepting'] else 'no (inhibited)'}")
+    lines.append(f"driver     {c['driver'] or '?'}")
+    if c["running"]:
+        lines.append(f"accepting  {'yes' if c['accepting'] else 'no (inhibited)'}")
+    else:
+        lines.append("daemon     not running (the acceptor is told at the next start)")
     on = set(c["enabled_cents"])
     lines.append(
         "coins      " + "  ".join(f"{v} c {'on' if v in on else 'off'}" for v in c["coins_cents"])
@@ -168,6 +166,20 @@ def _duration(seconds: float) -> str:
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)
     return (f"{days} d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def _offline_coins(where: Target, meta: Callable[[str], str | None]) -> dict[str, Any]:
+    coins = where.config.kiosk.accepted_coins_cents if where.config else (1, 2, 5)
+    off = json.loads(meta(INHIBITED_COINS) or "[]")
+    return {
+        "running": False,
+        "driver": where.config.coin_acceptor.driver if where.config else None,
+        "accepting": False,
+        "coins_cents": list(coins),
+        "enabled_cents": [c for c in coins if c not in off],
+        "inhibited_cents": off,
+        "identity": json.loads(meta("identity:coin_acceptor") or "{}"),
+    }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -198,7 +210,7 @@ def cmd_coins(args: argparse.Namespace) -> int:
         coins, how = client.submit(where, requests.check("coins", {}))
         _say(args, how)
     else:
-        coins = {"running": False, **_report(args, _offline_status)["acceptor"]}
+        coins = _report(args, _offline_status)["acceptor"]
     return _print(args, coins, lambda: coins_text(coins))
 
 
@@ -220,8 +232,6 @@ def cmd_stock(args: argparse.Namespace) -> int:
 
 
 def cmd_refill(args: argparse.Namespace) -> int:
-    if args.full == (args.quantity is not None):
-        raise Refused("refill: give a quantity or --full (one of them)")
     quantity = None if args.full else whole(args.quantity, "QTY")
     return change(
         args,
@@ -306,14 +316,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_sales(args: argparse.Namespace) -> int:
     since, until = _day(args.since, "--since"), _day(args.until, "--until")
+    if since is not None and until is not None and since > until:
+        raise Refused(f"--since {since} is after --until {until}")
     rows = _report(args, lambda db, where: figures.sales(db, args.by, since, until))
     if args.csv:
-        print(
-            tables.csv_text(
-                ["key", "count", "value_cents"], [(r.key, r.count, r.value_cents) for r in rows]
-            ),
-            end="",
-        )
+        print(tables.sales_csv(rows, args.by), end="")
         return 0
     return _print(args, [r.as_json() for r in rows], lambda: tables.sales_table(rows, args.by))
 
@@ -337,15 +344,30 @@ def cmd_impact(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    result, how = client.submit(target(args), requests.check("audit", {"reset": args.reset}))
-    _say(args, how)
-    report: str = result["report"]
+    request = requests.check("audit", {"reset": args.reset})
     if args.output is None:
-        sys.stdout.write(report)
+        result, how = client.submit(target(args), request)
+        _say(args, how)
+        sys.stdout.write(result["report"])
         return 0
-    with open(args.output, "w", encoding="ascii", newline="") as out:
-        out.write(report)  # byte for byte: CR LF line ends, as audit tools read them
-    print(f"audit written to {args.output}" + (" (interim counters reset)" if args.reset else ""))
+    # The file is made before the read, so that a read with reset is never lost to a path
+    # that cannot be written; it takes its name once whole.
+    output = Path(args.output)
+    try:
+        fd, partial = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent or ".")
+    except OSError as err:
+        raise KioskError(f"{output}: cannot write: {err.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="ascii", newline="") as out:
+            result, how = client.submit(target(args), request)
+            out.write(result["report"])  # byte for byte: CR LF line ends, as audit tools read
+        os.replace(partial, output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    _say(args, how)
+    print(f"audit written to {output}" + (" (interim counters reset)" if args.reset else ""))
     return 0
 
 
@@ -385,7 +407,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def _events_after(db: Database, after_id: int) -> list[figures.EventRow]:
-    return figures.events(db, 1000, after_id=after_id)
+    return figures.events(db, after_id=after_id)
 
 
 def _show_events(args: argparse.Namespace, rows: list[figures.EventRow]) -> None:
@@ -414,6 +436,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("slot", metavar="SLOT")
     p.add_argument("quantity", nargs="?", metavar="QTY", help="how many were put in")
     p.add_argument("--full", action="store_true", help="fill the slot to its capacity")
+    p.set_defaults(check=_refill_args)
 
     p = add("price", "set a slot's price in cents (kept across restarts)", cmd_price)
     p.add_argument("slot", metavar="SLOT")
@@ -465,6 +488,12 @@ def _stock_args(args: argparse.Namespace) -> str | None:
         return "stock takes no SLOT or QTY; did you mean `stock count SLOT QTY`?"
     if args.action == "count" and args.quantity is None:
         return "stock count needs SLOT and QTY"
+    return None
+
+
+def _refill_args(args: argparse.Namespace) -> str | None:
+    if args.full == (args.quantity is not None):
+        return "refill needs QTY or --full (one of them)"
     return None
 
 

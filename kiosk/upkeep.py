@@ -35,13 +35,24 @@ def clearable(fault: Fault) -> bool:
 @dataclass(frozen=True)
 class Collection:
     at: str
+    actor: str
     coins: dict[int, int]  # denomination in cents -> count taken out
-    expected_cents: int
-    counted_cents: int | None
+    expected_cents: int  # what the ledger said was in the box
+    counted_cents: int | None  # what the technician counted, if given
 
     @property
     def difference_cents(self) -> int | None:
         return None if self.counted_cents is None else self.counted_cents - self.expected_cents
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "actor": self.actor,
+            "coins": {str(k): v for k, v in sorted(self.coins.items())},
+            "expected_cents": self.expected_cents,
+            "counted_cents": self.counted_cents,
+            "difference_cents": self.difference_cents,
+        }
 
 
 class Upkeep(LedgerBase):
@@ -139,7 +150,7 @@ class Upkeep(LedgerBase):
                 [at, by.user, expected, counted_cents, by.origin],
             )
             self.db.execute("DELETE FROM cashbox")
-            collection = Collection(at, coins, expected, counted_cents)
+            collection = Collection(at, by.user, coins, expected, counted_cents)
             detail = f"{expected} c in the ledger"
             if counted_cents is not None:
                 detail += f", {counted_cents} c counted ({collection.difference_cents:+d} c)"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kiosk.config import Config
-from kiosk.control import ControlServer
+from kiosk.control import ControlServer, reply_timeout_s
 from kiosk.lock import LedgerLock
 from sim.rig import SimKiosk
 
@@ -27,7 +27,7 @@ def served(rig: SimKiosk) -> Iterator[ControlServer]:
     profile's, else beside the rig's ledger (which may be a demo's temporary one)."""
     with LedgerLock(rig.db_path):
         path = rig.config.control.socket or f"{rig.db_path}.sock"
-        server = ControlServer(path, rig.events.put)
+        server = ControlServer(path, rig.events.put, reply_timeout_s(rig.config.dispenser))
         server.start()
         try:
             yield server

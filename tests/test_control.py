@@ -9,12 +9,14 @@ import os
 import pwd
 import socket
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kiosk import control
 from kiosk.config import Config
 from kiosk.control import MAX_CLIENTS, SUN_PATH_MAX, ControlServer
 from kiosk.errors import KioskError
@@ -106,7 +108,7 @@ def test_a_dead_daemons_socket_is_replaced_and_a_clean_stop_removes_it(tmp_path:
     dead.bind(str(path))
     dead.close()  # the file stays, nobody listens: what a killed daemon leaves
     requests: list[Any] = []
-    server = ControlServer(str(path), requests.append)
+    server = ControlServer(str(path), requests.append, 5.0)
     server.start()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
@@ -119,7 +121,7 @@ def test_a_dead_daemons_socket_is_replaced_and_a_clean_stop_removes_it(tmp_path:
 
 def test_a_socket_path_too_long_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KioskError, match="holds at most 107"):
-        ControlServer(str(tmp_path / ("x" * SUN_PATH_MAX)), lambda command: None)
+        ControlServer(str(tmp_path / ("x" * SUN_PATH_MAX)), lambda command: None, 5.0)
 
 
 def test_connections_beyond_the_limit_are_turned_away(live: LiveKiosk) -> None:
@@ -133,15 +135,28 @@ def test_connections_beyond_the_limit_are_turned_away(live: LiveKiosk) -> None:
         }
         extra.close()
         held.pop().close()
-        for _ in range(100):  # the freed place is taken again once its thread ends
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:  # the freed place is taken again once its thread has ended
             again = Line(live.server.path)
             try:
                 reply = again.send(b'{"request": "status"}\n')
+            except (BrokenPipeError, ConnectionResetError):  # turned away before it asked
+                reply = {"ok": False}
             finally:
                 again.close()
-            if reply["ok"]:
+            if reply["ok"] or time.monotonic() > deadline:
                 break
+            time.sleep(0.02)
         assert reply["ok"]
     finally:
         for line in held:
             line.close()
+
+
+def test_a_silent_client_loses_its_place(live: LiveKiosk, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(control, "IDLE_TIMEOUT_S", 0.2)
+    silent = Line(live.server.path)
+    try:
+        assert silent.replies.readline() == b""  # closed by the kiosk, well before TIMEOUT_S
+    finally:
+        silent.close()

@@ -15,7 +15,7 @@ from scenarios import broken_invariants, buy, event_kinds, pay
 from kiosk import config as config_mod
 from kiosk import requests
 from kiosk.errors import Refused
-from kiosk.events import Command
+from kiosk.events import Command, Refill
 from kiosk.ledger import Actor
 from kiosk.machine import State
 from sim.rig import SimKiosk
@@ -134,6 +134,53 @@ def test_a_test_vend_is_no_sale_and_takes_a_product(kiosk: SimKiosk) -> None:
     assert broken_invariants(kiosk) == {}
 
 
+def test_nothing_changes_under_a_test_vend(kiosk: SimKiosk) -> None:
+    kiosk.world.open_door()
+    kiosk.world.jam(2)  # a long vend: every turn to the motor limit
+    kiosk.run_for(0.5)
+    replies: list[dict[str, Any]] = []
+    kiosk.events.put(Command(requests.check("test_vend", {"slot": 2}), TECH, replies.append))
+    kiosk.run_for(0.2)
+    assert kiosk.controller.desk.testing
+    for name, args in [
+        ("count", {"slot": 2, "quantity": 0}),
+        ("refill", {"slot": 1}),
+        ("service", {"on": False}),
+        ("collect", {}),
+    ]:
+        assert "test vend is under way" in refused(kiosk, name, **args)
+    kiosk.world.close_door()  # the visit ends with the vend, not with the motor running
+    kiosk.run_for(0.2)
+    assert kiosk.controller.state is State.MAINTENANCE
+    kiosk.run_for(30)
+    assert replies and replies[0]["result"]["outcome"] == "jammed"
+    assert kiosk.controller.state is State.IDLE  # the visit ended: the jam it found cleared
+    assert event_kinds(kiosk).count("door_closed") == 1
+    assert broken_invariants(kiosk) == {}
+
+
+def test_service_off_mends_a_halt(kiosk: SimKiosk, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(kiosk.controller, "_on_select", broken)
+    kiosk.world.press(1)
+    kiosk.run_for(0.5)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    monkeypatch.undo()
+    ok(kiosk, "service", on=True)
+    assert ok(kiosk, "service", on=False)["cleared"] == ["kiosk:internal_error"]
+    assert kiosk.controller.state is State.IDLE
+    assert kiosk.hardware.acceptor.is_accepting
+
+
+def test_requests_that_write_wait_for_storage(kiosk: SimKiosk) -> None:
+    kiosk.controller._pending.append(Refill(1, 1))  # a write the ledger has not yet taken
+    assert "storage" in refused(kiosk, "price", slot=1, price_cents=30)
+    assert ok(kiosk, "status")["state"] == "idle"
+    kiosk.controller._pending.clear()
+
+
 def test_a_jammed_test_vend_marks_the_slot_and_a_technician_clears_it(kiosk: SimKiosk) -> None:
     ok(kiosk, "service", on=True)
     kiosk.world.jam(3)
@@ -175,7 +222,7 @@ def test_a_price_and_a_slot_off_take_effect_at_once(kiosk: SimKiosk) -> None:
 @pytest.fixture
 def on_cctalk(make_kiosk: Any) -> SimKiosk:
     config = config_mod.load(config_mod.DEFAULT_PROFILE, env={})
-    rig: SimKiosk = make_kiosk(config.with_acceptor(reply_timeout_ms=20, retries=1))
+    rig: SimKiosk = make_kiosk(config)
     return rig
 
 
@@ -183,7 +230,10 @@ def test_a_coin_turned_off_is_handed_back_and_stays_off(
     make_kiosk: Any, on_cctalk: SimKiosk
 ) -> None:
     kiosk = on_cctalk
-    assert ok(kiosk, "coin", value_cents=2, enabled=False) == {"inhibited_cents": [2]}
+    assert ok(kiosk, "coin", value_cents=2, enabled=False) == {
+        "inhibited_cents": [2],
+        "enabled_cents": [1, 5],
+    }
     pay(kiosk, 5)
     kiosk.world.insert_coin(2)  # handed back by the acceptor itself
     kiosk.run_for(3)

@@ -137,11 +137,31 @@ def test_service_and_test_vend(kiosk: Kiosk, capsys: pytest.CaptureFixture[str])
 def test_coins(kiosk: Kiosk, capsys: pytest.CaptureFixture[str]) -> None:
     coins = kiosk.json(capsys, "coins")
     assert coins["running"] is (kiosk.mode == "running")
+    assert coins["coins_cents"] == [1, 2, 5] and coins["enabled_cents"] == [1, 2, 5]
+    assert coins["inhibited_cents"] == [] and coins["driver"] == "pulse"
+    before = kiosk.digest()
     code, _, err = kiosk.run(capsys, "coins", "inhibit", "2")
-    if kiosk.mode == "running":
-        assert code == 1 and "takes or refuses all its coins together" in err
-    else:
-        assert code == 0  # recorded: the acceptor is told at the next start
+    assert code == 1 and "takes or refuses all its coins together" in err  # either way
+    assert kiosk.digest() == before
+
+
+def test_coins_turned_off_on_a_stopped_cctalk_kiosk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "k.db"
+    profile = str(config_mod.DEFAULT_PROFILE)
+    SimKiosk(config_mod.load(profile, env={}), db).shutdown()
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = cli.main([*argv, "-c", profile, "--db", str(db)])
+        return code, capsys.readouterr().err
+
+    assert run("coins", "inhibit", "1") == (0, "")
+    assert run("coins", "inhibit", "2") == (0, "")
+    code, err = run("coins", "inhibit", "5")
+    assert code == 1 and "every coin off" in err
+    assert cli.main(["coins", "--json", "-c", profile, "--db", str(db)]) == 0
+    assert json.loads(capsys.readouterr().out)["enabled_cents"] == [5]
 
 
 def test_faults_events_sales_impact(kiosk: Kiosk, capsys: pytest.CaptureFixture[str]) -> None:
@@ -181,6 +201,7 @@ def test_audit(kiosk: Kiosk, capsys: pytest.CaptureFixture[str], tmp_path: Path)
         (["slot", "disable", "x"], "not a whole number"),
         (["collect", "--counted", "abc"], "not whole cents"),
         (["sales", "--since", "yesterday"], "not a date"),
+        (["sales", "--since", "2026-02-01", "--until", "2026-01-01"], "is after --until"),
     ],
 )
 def test_bad_input_changes_nothing(
@@ -190,6 +211,22 @@ def test_bad_input_changes_nothing(
     before = kiosk.digest()
     code, _, err = kiosk.run(capsys, *argv)
     assert code == 1 and reason in err and err.startswith("kiosk: error: "), err
+    assert kiosk.digest() == before
+
+
+def test_usage_errors_exit_2(kiosk: Kiosk, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["refill", "1"], ["refill", "1", "2", "--full"], ["stock", "count", "1"]):
+        with pytest.raises(SystemExit) as stopped:
+            kiosk.run(capsys, *argv)
+        assert stopped.value.code == 2, argv
+
+
+def test_an_audit_to_a_file_that_cannot_be_written_resets_nothing(
+    kiosk: Kiosk, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    before = kiosk.digest()
+    code, _, err = kiosk.run(capsys, "audit", "--reset", "-o", str(tmp_path / "no" / "a.dex"))
+    assert code == 1 and "cannot write" in err, err
     assert kiosk.digest() == before
 
 
