@@ -72,12 +72,22 @@ def _run(config: Config, pins: Any) -> int:
         signal.signal(number, stop)
     for number in STATUS_SIGNALS:
         signal.signal(number, status)
+    telemetry = None
+    if config.mqtt.enabled:
+        from kiosk.telemetry import Telemetry  # paho is loaded only where telemetry is on
+
+        telemetry = Telemetry(config, config.ledger.path, events.put)
+    controller.telemetry = telemetry
     try:
         controller.start()
         control.start()
+        if telemetry is not None:
+            telemetry.start()
         controller.run()
     finally:
         control.close()  # no request is taken once the core stops
+        if telemetry is not None:
+            telemetry.close()  # `offline`, acknowledged, then the connection closed
         hardware.close()
         ledger.close()
     log.info("stopped")

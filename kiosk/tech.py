@@ -21,13 +21,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
-from kiosk import client, figures, readonly, requests, tables
+from kiosk import client, figures, outbox, readonly, requests, tables
 from kiosk import config as config_mod
 from kiosk.client import Target
 from kiosk.errors import ConfigError, KioskError, Refused
@@ -212,6 +212,51 @@ def cmd_coins(args: argparse.Namespace) -> int:
     else:
         coins = _report(args, _offline_status)["acceptor"]
     return _print(args, coins, lambda: coins_text(coins))
+
+
+def cmd_telemetry(args: argparse.Namespace) -> int:
+    where = target(args)
+    if where.daemon_pid() is not None:
+        link, how = client.submit(where, requests.check("telemetry", {}))
+        _say(args, how)
+    else:
+        link = _report(args, _offline_telemetry)
+    return _print(args, link, lambda: telemetry_text(link))
+
+
+def _offline_telemetry(db: Database, where: Target) -> dict[str, Any]:
+    mqtt = where.config.mqtt if where.config else None
+    broker = None if mqtt is None or not mqtt.enabled else mqtt.socket or f"{mqtt.host}:{mqtt.port}"
+    backlog = outbox.backlog(db, outbox.read_watermark(where.ledger))
+    return {
+        "running": False,
+        "enabled": broker is not None,
+        "connected": False,
+        "broker": broker,
+        "last_error": None,
+        "backlog": backlog.as_json(datetime.now(UTC)),
+    }
+
+
+def telemetry_text(t: dict[str, Any]) -> str:
+    if not t["running"]:
+        link = "daemon not running"
+    elif not t["enabled"]:
+        link = "off ([mqtt] has no host or socket): events wait in the outbox"
+    else:
+        link = "connected" if t["connected"] else "not connected (retrying)"
+    lines = [f"telemetry  {link}"]
+    if t.get("broker"):
+        lines.append(f"broker     {t['broker']}")
+    backlog = t["backlog"]
+    age = backlog["oldest_unsent_age_s"]
+    waiting = f"{backlog['unsent']} event(s) unsent"
+    if age is not None:
+        waiting += f", the oldest {age:.0f} s old"
+    lines.append(f"outbox     {waiting} (last seq {backlog['last_seq']})")
+    if t.get("last_error"):
+        lines.append(f"last error {t['last_error']}")
+    return "\n".join(lines)
 
 
 # --- stock -------------------------------------------------------------------------------------
@@ -456,6 +501,8 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("action", nargs="?", choices=["inhibit", "enable"])
     p.add_argument("cents", nargs="?", metavar="CENTS")
     p.set_defaults(check=_coins_args)
+
+    add("telemetry", "the link to the city's broker and the outbox backlog", cmd_telemetry)
 
     add("cashbox", "coins in the cash box, their value and how full it is", cmd_cashbox)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from kiosk import reports
+from kiosk import outbox, reports
 from kiosk.config import Config
 from kiosk.errors import KioskError
 from sim.live import catch_up, served
@@ -37,6 +37,7 @@ from sim.world import CcTalkCoinMech
 SLOT_KEYS = "abcdefghijklmnop"
 MEMORY_FS = Path("/dev/shm")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+DRAIN_S = 120.0  # at the end of a headless run with a broker, for the outbox to be sent
 
 
 def scratch_dir(memory_fs: Path | None = None) -> str | None:
@@ -93,9 +94,14 @@ def headless(
         )
     with _stopped_by_signals(), _ledger_path(db) as path:
         rig = SimKiosk(config, path)
+        telemetry = _telemetry(rig)
         try:
             outcome = simulate(rig, shoppers, seed)
+            if telemetry is not None:
+                _drain(rig, telemetry)
         finally:
+            if telemetry is not None:
+                telemetry.close()
             rig.shutdown()
     print(
         json.dumps(_as_dict(outcome, shoppers, seed), indent=2)
@@ -103,6 +109,43 @@ def headless(
         else summary(outcome, config, shoppers, seed)
     )
     return 0 if outcome.ok else 1
+
+
+def _telemetry(rig: SimKiosk) -> Any:
+    """The profile's broker, if it names one: the run publishes through it as a kiosk would."""
+    if not rig.config.mqtt.enabled:
+        return None
+    from kiosk.telemetry import Telemetry
+
+    telemetry = Telemetry(rig.config, rig.db_path, rig.events.put)
+    rig.controller.telemetry = telemetry
+    telemetry.start()
+    return telemetry
+
+
+def _drain(rig: SimKiosk, telemetry: Any) -> None:
+    """Wait (bounded) for the outbox to be sent, with a line of progress on stderr."""
+    deadline = time.monotonic() + DRAIN_S
+    while True:
+        backlog = outbox.backlog(rig.ledger.db, outbox.read_watermark(rig.db_path))
+        sent = backlog.last_seq - backlog.unsent
+        print(
+            f"\rtelemetry: {sent} of {backlog.last_seq} events sent to "
+            f"{telemetry.status()['broker']}",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+        if backlog.unsent == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    print(file=sys.stderr)
+    if backlog.unsent:
+        print(
+            f"telemetry: {backlog.unsent} events still in the outbox after {DRAIN_S:.0f} s "
+            "(the next run, or the daemon, sends them)",
+            file=sys.stderr,
+        )
 
 
 def _as_dict(o: Outcome, shoppers: int, seed: int) -> dict[str, Any]:

@@ -1,0 +1,138 @@
+"""The outbox without a broker: each record and its message in one transaction, seq contiguous
+and never reused, the marks of acknowledged rows kept apart with a watermark, pruning only what
+was sent, and remote commands read and checked before they reach the core."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scenarios import buy, pay, service_visit
+
+from kiosk import outbox, snapshots
+from kiosk.errors import Refused
+from kiosk.ledger import Actor, Ledger
+from kiosk.requests import Request
+from sim.rig import SimKiosk
+
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+BY = Actor("alice", "cli")
+
+
+def rows(kiosk: SimKiosk) -> list[outbox.Row]:
+    return outbox.rows_after(kiosk.ledger.db, 0, 10_000)
+
+
+def test_a_sale_and_its_message_commit_together(kiosk: SimKiosk) -> None:
+    pay(kiosk, 5, 5, 5, 5, 2)
+    buy(kiosk, 1)
+    [sale] = [r for r in rows(kiosk) if r.kind == "sale"]
+    db_sale = kiosk.ledger.db.execute("SELECT id, vend_id, price_cents FROM sales").fetchone()
+    assert (sale.body["sale_id"], sale.body["vend_id"], sale.body["price_cents"]) == db_sale
+    assert sale.body["credit_left_cents"] == 2
+    message = sale.message("sim-001", historical=False)
+    assert message["seq"] == sale.seq and message["kind"] == "sale"
+    assert message["boot_id"] == kiosk.ledger.boot_id
+
+
+def test_failed_vends_faults_and_service_visits_are_streamed(kiosk: SimKiosk) -> None:
+    kiosk.world.jam(2)
+    pay(kiosk, 5, 5)
+    buy(kiosk, 2, wait_s=30)
+    service_visit(kiosk)
+    kinds = [r.kind for r in rows(kiosk)]
+    assert "vend_failed" in kinds and "fault" in kinds and "service" in kinds
+    [failed] = [r for r in rows(kiosk) if r.kind == "vend_failed"]
+    assert failed.body["outcome"] == "jammed" and failed.body["charged"] is False
+    faults = [r.body for r in rows(kiosk) if r.kind == "fault"]
+    assert [f["active"] for f in faults] == [True, False]  # raised, then cleared by the visit
+    actions = [r.body["action"] for r in rows(kiosk) if r.kind == "service"]
+    assert actions[0] == "door_opened" and actions[-1] == "door_closed"
+
+
+@pytest.fixture
+def books(tmp_path: Path) -> Iterator[Ledger]:
+    ledger = Ledger(tmp_path / "k.db", lambda: NOW)
+    ledger.boot("k1")
+    yield ledger
+    ledger.close()
+
+
+def test_seq_is_contiguous_and_never_reused(books: Ledger) -> None:
+    books.set_service_mode(True, BY)
+    books.set_service_mode(False, BY)
+    first = [r.seq for r in outbox.rows_after(books.db, 0, 100)]
+    assert first == list(range(1, len(first) + 1)) and len(first) >= 2
+    with books.db.conn:
+        books.db.execute("DELETE FROM outbox")  # as pruning would
+    books.set_service_mode(True, BY)
+    assert outbox.rows_after(books.db, 0, 100)[0].seq == first[-1] + 1
+
+
+def test_a_write_that_fails_leaves_no_message(books: Ledger) -> None:
+    before = outbox.rows_after(books.db, 0, 100)
+    with pytest.raises(Refused):
+        books.refill(1, 1, BY)  # no such slot: refused inside the transaction
+    assert outbox.rows_after(books.db, 0, 100) == before
+
+
+def test_marks_keep_a_watermark_over_acks_out_of_order(tmp_path: Path) -> None:
+    marks = outbox.Marks(tmp_path / "k.db")
+    for seq in (2, 3, 1, 5):
+        marks.acked(seq)
+    assert marks.watermark == 3 and marks.done(5) and not marks.done(4)
+    marks.close()
+    again = outbox.Marks(tmp_path / "k.db")  # after a restart
+    assert again.watermark == 3 and again.done(5) and not again.done(4)
+    again.acked(4)
+    assert again.watermark == 5 and outbox.read_watermark(tmp_path / "k.db") == 5
+    again.close()
+
+
+def test_only_sent_rows_are_pruned(books: Ledger, tmp_path: Path) -> None:
+    for on in (True, False, True):
+        books.set_service_mode(on, BY)
+    marks = outbox.Marks(books.path)
+    marks.acked(1)
+    marks.close()
+    later = Ledger(books.path, lambda: NOW + timedelta(days=40))
+    assert later.prune_outbox(30) == 1
+    assert outbox.rows_after(later.db, 0, 100)[0].seq == 2
+    later.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "reason"),
+    [
+        ("set_price", b'{"cmd_id": "a", "slot": 1, "price_cents": 20.5}', "not whole cents"),
+        ("set_price", b'{"cmd_id": "a", "slot": 1, "price_cents": -3}', "out of range"),
+        ("set_price", b'{"cmd_id": "a", "slot": 1}', "price_cents is missing"),
+        ("set_price", b'{"cmd_id": "a", "slot": "one", "price_cents": 20}', "whole number"),
+        ("slot_enable", b'{"cmd_id": "a", "slot": 1, "extra": 1}', "unknown argument extra"),
+        ("launch", b'{"cmd_id": "a"}', "unknown command"),
+        ("refresh", b"{nope", "not JSON"),
+        ("refresh", b"[]", "a JSON object"),
+        ("refresh", b'{"cmd_id": 5}', "cmd_id"),
+        ("refresh", b'{"cmd_id": "' + b"x" * 5000 + b'"}', "longer than 4096"),
+    ],
+)
+def test_bad_commands_are_refused_with_a_reason(name: str, payload: bytes, reason: str) -> None:
+    read = snapshots.read_command(name, payload)
+    assert read.request is None and read.refusal is not None and reason in read.refusal
+
+
+def test_good_commands_become_requests() -> None:
+    read = snapshots.read_command("slot_disable", b'{"cmd_id": "c-1", "slot": 2}')
+    assert read.cmd_id == "c-1" and read.request == Request("slot", {"slot": 2, "enabled": False})
+    read = snapshots.read_command("service_on", b'{"cmd_id": "c-2"}')
+    assert read.request == Request("service", {"on": True})
+
+
+@given(st.sampled_from([*sorted(snapshots.REMOTE), "x"]), st.binary(max_size=300))
+def test_no_payload_gets_past_the_checks_unread(name: str, payload: bytes) -> None:
+    read = snapshots.read_command(name, payload)
+    assert (read.request is None) != (read.refusal is None)
