@@ -1,5 +1,6 @@
 """Shared fixtures: the sim profile, an injected clock, mock pins, a temporary ledger and a whole
-simulated kiosk. Every pin factory and ledger a test opens is closed after it."""
+simulated kiosk; real Mosquitto brokers come from tests/broker.py. Every pin factory and ledger a
+test opens is closed after it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from kiosk.ledger import Ledger
 from sim.clock import SimClock
 from sim.rig import SimKiosk
 from sim.world import SimFactory
+
+# The Mosquitto fixtures: broker, persistent_broker, acl_broker, make_broker (tests/broker.py).
+pytest_plugins = ["broker"]
 
 
 @pytest.fixture
