@@ -58,8 +58,12 @@ def retained(db: Database, config: Config, core: dict[str, Any], ts: str) -> dic
     cashbox = figures.cashbox(db, config.cashbox).as_json()
     impact = figures.impact(db, config.impact).as_json()["total"]
     topics: dict[str, Any] = {
-        "state": head
-        | {
+        "stock": head | {"slots": [row.as_json() for row in figures.stock(db)]},
+        "cashbox": head | {k: cashbox[k] for k in CASHBOX_KEYS},
+        "impact": head | {k: impact[k] for k in IMPACT_KEYS},
+    }
+    if core:  # the state once the core has told it
+        topics["state"] = head | {
             "boot_id": core.get("boot_id", ""),
             "firmware": __version__,
             "state": core.get("state", "starting"),
@@ -67,23 +71,26 @@ def retained(db: Database, config: Config, core: dict[str, Any], ts: str) -> dic
             "uptime_s": core.get("uptime_s", 0.0),
             "service_mode": core.get("service_mode", False),
             "faults": [{k: f[k] for k in ("device", "code", "since", "detail")} for f in faults],
-        },
-        "stock": head | {"slots": [row.as_json() for row in figures.stock(db)]},
-        "cashbox": head | {k: cashbox[k] for k in CASHBOX_KEYS},
-        "impact": head | {k: impact[k] for k in IMPACT_KEYS},
-    }
+        }
     for fault in faults:
         topics[fault_topic(fault["device"], fault["code"])] = head | fault
     return topics
 
 
+def past_faults(db: Database) -> list[str]:
+    """The fault topics of every fault this ledger ever recorded."""
+    rows = db.execute("SELECT DISTINCT device, code FROM events WHERE kind = 'fault'")
+    return [fault_topic(device, code) for device, code in rows]
+
+
 def same(a: Any, b: Any) -> bool:
-    """Two payloads alike but for the time they were built."""
+    """Two payloads alike but for the time they were built (and the uptime, which changes at
+    every look: the state is sent again for it at least every minute)."""
 
     def bare(payload: Any) -> Any:
         if not isinstance(payload, dict):
             return payload
-        return {k: v for k, v in payload.items() if k != "ts"}
+        return {k: v for k, v in payload.items() if k not in ("ts", "uptime_s")}
 
     return bool(bare(a) == bare(b))
 

@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from drivers.base import DeviceFault
 from kiosk import outbox, snapshots
@@ -206,7 +207,9 @@ class Telemetry:
             self._connected = True
             link.connected(reader.last_seq())
             log.info("telemetry connected to %s", self.status()["broker"])
-            self._client.subscribe(f"{self.base}/cmd/+", qos=1)
+            # Retain as published: a command published retained is seen as such, and ignored.
+            options = SubscribeOptions(qos=1, retainAsPublished=True)
+            self._client.subscribe(f"{self.base}/cmd/+", options=options)
             self._publish(link, "status", "online", retain=True)
             self._refresh.set()
         elif kind == "gone":
@@ -266,7 +269,8 @@ class Telemetry:
         link.state_seen = self._core_state
         topics = snapshots.retained(reader.db, self.config, self._core_state, _now())
         if everything:
-            link.published = {}
+            # Faults cleared while the kiosk was away may still be retained: cleared again.
+            link.published = dict.fromkeys(snapshots.past_faults(reader.db), "")
             self._discovery(link, reader)
         for topic in sorted(set(link.published) - set(topics)):
             if topic.startswith("fault/"):  # cleared: an empty retained message removes it
@@ -314,7 +318,7 @@ class Telemetry:
             return
         read = snapshots.read_command(name, bytes(message.payload))
         props = getattr(message, "properties", None)
-        response = getattr(props, "ResponseTopic", None) or f"{self.base}/cmd_result"
+        response = self._response_topic(getattr(props, "ResponseTopic", None))
         answer = Properties(PacketTypes.PUBLISH)
         correlation = getattr(props, "CorrelationData", None)
         if correlation is not None:
@@ -328,6 +332,16 @@ class Telemetry:
         by = Actor(f"{user} (city)", "mqtt")
         request = read.request or Request(read.name)
         self._submit(Command(request, by, reply, read.cmd_id, read.refusal))
+
+    def _response_topic(self, asked: str | None) -> str:
+        """The request's response topic when it lies in this kiosk's own subtree (the only
+        place the broker lets a kiosk publish), else `cmd_result`: a stray one must not earn
+        the kiosk a refusal."""
+        own = f"{self.base}/"
+        wildcard = asked is not None and ("+" in asked or "#" in asked)
+        if asked and asked.startswith(own) and not asked.startswith(f"{own}cmd/") and not wildcard:
+            return asked
+        return f"{self.base}/cmd_result"
 
     # --- errors and the telemetry fault ------------------------------------------------------
 
