@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from broker import Broker, Subscriber
 
 from kiosk import cli
 from kiosk.config import CONFIG_DIR
@@ -210,3 +211,53 @@ def test_a_ledger_that_is_not_one_is_refused_untouched(
     assert db.read_bytes() == content
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.toml", "kiosk.db", "kiosk.db.lock"]
     assert not device.master_enabled
+
+
+def test_the_dashboard_sees_a_killed_kiosk_go_and_come_back_with_nothing_lost(
+    tmp_path: Path,
+    device: SimCcTalkAcceptor,
+    daemons: Daemons,
+    broker: Broker,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "kiosk.db"
+    config = profile(tmp_path, device.path, db)
+    config.write_text(
+        config.read_text() + f'\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+    )
+    base = "kiosk/v1/bench-001"
+    status = f"{base}/status"
+    with Subscriber(broker, f"{base}/#") as dashboard:
+
+        def last_status() -> bytes | None:
+            said = dashboard.on(status)
+            return said[-1].payload if said else None
+
+        first = daemons(config)
+        dashboard.wait_for(lambda seen: last_status() == b"online", TIMEOUT_S)
+        assert cli.main(["price", "1", "25", "-c", str(config)]) == 0
+        dashboard.wait_for(lambda seen: any("/event/service" in m.topic for m in seen), TIMEOUT_S)
+
+        first.kill()  # a power cut: no clean stop, the broker says it with the last will
+        first.communicate(timeout=TIMEOUT_S)
+        dashboard.wait_for(lambda seen: last_status() == b"offline", TIMEOUT_S)
+        assert cli.main(["price", "1", "30", "-c", str(config)]) == 0  # on the stopped kiosk
+        capsys.readouterr()
+
+        second = daemons(config)
+        dashboard.wait_for(lambda seen: last_status() == b"online", TIMEOUT_S)
+        events = dashboard.wait_for(
+            lambda seen: (
+                len({m.json()["seq"] for m in seen if "/event/" in m.topic})
+                >= query(db, "SELECT count(*) FROM outbox")
+            ),
+            TIMEOUT_S,
+        )
+        output = daemons.stop(second)
+        assert second.returncode == 0, output
+        dashboard.wait_for(lambda seen: last_status() == b"offline", TIMEOUT_S)  # said itself
+    stream = {m.json()["msg_id"]: m.json() for m in events if "/event/" in m.topic}
+    seqs = sorted(e["seq"] for e in stream.values())
+    assert seqs == list(range(1, len(seqs) + 1))
+    [offline_change] = [e for e in stream.values() if "-> 30" in e.get("detail", "")]
+    assert offline_change["historical"] is True and offline_change["origin"] == "cli"

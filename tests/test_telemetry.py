@@ -16,7 +16,8 @@ from broker import LOGINS, Broker, Received, Subscriber, request_properties
 from conftest import with_changes
 from payloads import validate_message
 
-from kiosk import requests
+from kiosk import cli, requests
+from kiosk import config as config_mod
 from kiosk.config import Config
 from kiosk.events import Command
 from kiosk.ledger import Actor
@@ -246,3 +247,62 @@ def test_a_kiosk_publishing_as_another_is_refused_and_says_so(
         assert not [m for m in kiosk.dashboard.messages if "/event/" in m.topic]
     finally:
         kiosk.close()
+
+
+def test_home_assistant_finds_the_kiosk_and_loses_it_when_turned_off(
+    config: Config, tmp_path: Path, broker: Broker
+) -> None:
+    topic = "homeassistant/device/sim-001/config"
+    with Subscriber(broker, topic) as home:
+        kiosk = Watched(config, tmp_path / "k.db", broker, ha_discovery=True)
+        try:
+            found = home.wait_for_one(lambda m: m.topic == topic and bool(m.payload))
+        finally:
+            kiosk.close()
+        validate_message(found.topic, found.payload)
+        device = found.json()
+        assert device["availability_topic"] == "kiosk/v1/sim-001/status"
+        names = set(device["components"])
+        assert {
+            "state",
+            "credit",
+            "cashbox_value",
+            "cashbox_fill",
+            "coins_saved",
+            "faults",
+        } <= names
+        assert {f"stock_{s.id}" for s in config.slots} <= names
+        again = Watched(config, tmp_path / "k.db", broker)  # ha_discovery off
+        try:
+            home.wait_for_one(lambda m: m.topic == topic and m.payload == b"")
+        finally:
+            again.close()
+
+
+def test_kiosk_telemetry_shows_the_backlog(
+    config: Config, tmp_path: Path, broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "k.db"
+    kiosk = Watched(config, db, broker)
+    try:
+        simulate(kiosk.rig, 20, seed=5)
+        kiosk.until(all_arrived(kiosk))
+    finally:
+        kiosk.close()
+    broker.stop()
+    rig = SimKiosk(with_changes(config, mqtt=broker.mqtt_config()), db)  # no telemetry running
+    simulate(rig, 10, seed=6)
+    waiting = int(rig.ledger.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    rig.shutdown()
+    profile = tmp_path / "p.toml"
+    profile.write_text(
+        config_mod.PULSE_PROFILE.read_text()
+        + f'\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+    )
+    assert cli.main(["telemetry", "--json", "-c", str(profile), "--db", str(db)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["running"] is False and shown["broker"] == f"127.0.0.1:{broker.port}"
+    assert 0 < shown["backlog"]["unsent"] <= waiting
+    assert shown["backlog"]["oldest_unsent_age_s"] is not None
+    assert cli.main(["telemetry", "-c", str(profile), "--db", str(db)]) == 0
+    assert f"{shown['backlog']['unsent']} event(s) unsent" in capsys.readouterr().out
