@@ -268,7 +268,13 @@ class Desk:
         core = self.core
         link = core.telemetry.status() if core.telemetry is not None else {"enabled": False}
         backlog = outbox.backlog(core.ledger.db, outbox.read_watermark(core.ledger.path))
-        return {"running": True, **link, "backlog": backlog.as_json(core.clock.wall())}
+        faults = [f"{f.code}: {f.detail}" for f in core.ledger.faults() if f.device == "telemetry"]
+        return {
+            "running": True,
+            **link,
+            "faults": faults,
+            "backlog": backlog.as_json(core.clock.wall()),
+        }
 
     def coins(self) -> dict[str, Any]:
         core = self.core

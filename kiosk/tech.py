@@ -228,12 +228,14 @@ def _offline_telemetry(db: Database, where: Target) -> dict[str, Any]:
     mqtt = where.config.mqtt if where.config else None
     broker = None if mqtt is None or not mqtt.enabled else mqtt.socket or f"{mqtt.host}:{mqtt.port}"
     backlog = outbox.backlog(db, outbox.read_watermark(where.ledger))
+    faults = db.execute("SELECT code, detail FROM faults WHERE device = 'telemetry'")
     return {
         "running": False,
         "enabled": broker is not None,
         "connected": False,
         "broker": broker,
         "last_error": None,
+        "faults": [f"{code}: {detail}" for code, detail in faults],
         "backlog": backlog.as_json(datetime.now(UTC)),
     }
 
@@ -256,6 +258,8 @@ def telemetry_text(t: dict[str, Any]) -> str:
     lines.append(f"outbox     {waiting} (last seq {backlog['last_seq']})")
     if t.get("last_error"):
         lines.append(f"last error {t['last_error']}")
+    for fault in t.get("faults", []):
+        lines.append(f"fault      telemetry:{fault}")
     return "\n".join(lines)
 
 

@@ -243,6 +243,7 @@ def test_a_kiosk_publishing_as_another_is_refused_and_says_so(
         kiosk.rig.run_for(0.5)
         [answer] = replies
         assert "Not authorized" in answer["result"]["last_error"]
+        assert answer["result"]["faults"][0].startswith("refused: ")
         assert answer["result"]["backlog"]["unsent"] >= 1
         assert not [m for m in kiosk.dashboard.messages if "/event/" in m.topic]
     finally:
