@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 STORAGE_RETRY_S = 1.0
 RETRY = "storage_retry"
+PRUNE = "outbox_prune"
+PRUNE_EVERY_S = 24 * 3600.0
 ACCEPTOR = "coin_acceptor"
 STORAGE = ("kiosk", "storage")
 INTERNAL = ("kiosk", "internal_error")
@@ -143,12 +145,12 @@ class Controller:
         started. The kiosk is ready once the coin acceptor reports in (ready or faulty)."""
         self._show_state()
         self.ledger.boot(self.config.kiosk.id)
-        self.ledger.prune_outbox(self.config.mqtt.outbox_keep_days)
+        self._prune(self.clock.monotonic())
         self.ledger.sync_slots(self.config.slots)
         for vend in self.ledger.resolve_interrupted_vends():
             log.warning("vend %d of slot %d was interrupted: not charged", vend.vend_id, vend.slot)
         for fault in self.ledger.faults():
-            if not fault.device.startswith("slot_"):
+            if not fault.device.startswith("slot_") and fault.device not in ADVISORY:
                 self.model.faults.add((fault.device, fault.code))
         self.model.credit_cents = self.ledger.credit_cents()
         self.model.door_open = self.hw.panel.door_is_open
@@ -213,6 +215,8 @@ class Controller:
     def _service(self, now: float) -> None:
         if self.deadlines.take(RETRY, now):
             self._retry_storage(now)
+        if self.deadlines.take(PRUNE, now):
+            self._prune(now)
         if self.screen.expire(now):
             self._show_state()
         if self.credit.counting_down:
@@ -222,6 +226,16 @@ class Controller:
                 self._donate()  # not while a coin is being read, or read but not yet counted
         if self.credit.inactive(now):
             self._leave_credit("inactivity")
+
+    def _prune(self, now: float) -> None:
+        """Outbox rows sent long ago go, at start and once a day."""
+        self.ledger.prune_outbox(self.config.mqtt.outbox_keep_days)
+        self.deadlines.set(PRUNE, now + PRUNE_EVERY_S, background=True)
+
+    def attach(self, telemetry: Telemetry) -> None:
+        """Telemetry from now on, told the state at once."""
+        self.telemetry = telemetry
+        self._show_state()
 
     # --- storage -----------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ def _run(config: Config, pins: Any) -> int:
         from kiosk.telemetry import Telemetry  # paho is loaded only where telemetry is on
 
         telemetry = Telemetry(config, config.ledger.path, events.put)
-    controller.telemetry = telemetry
+        controller.attach(telemetry)
     try:
         controller.start()
         control.start()

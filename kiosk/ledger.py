@@ -13,6 +13,7 @@ The technician's writes are in upkeep.py, the primitives in ledger_base.py; read
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -61,6 +62,8 @@ class Ledger(Upkeep):
             if self.created:
                 self._event(at, "ledger_created", f"new ledger {self.path}", None)
                 self.created = False
+            if self._one("SELECT value FROM meta WHERE key = 'ledger_id'") is None:
+                self._set_meta("ledger_id", uuid.uuid4().hex)  # the outbox marks name it
             boots = int(self._one("SELECT value FROM meta WHERE key = 'boot_count'") or 0) + 1
             self._set_meta("boot_count", str(boots))
         return boots
@@ -117,7 +120,8 @@ class Ledger(Upkeep):
         """Forget outbox rows the broker acknowledged more than `keep_days` ago."""
         before = iso(self._now() - timedelta(days=keep_days))
         with self._tx():
-            return outbox.prune(self.db, outbox.read_watermark(self.path), before)
+            watermark, _ = outbox.read_marks(self.path, outbox.ledger_id(self.db))
+            return outbox.prune(self.db, watermark, before)
 
     def resolve_interrupted_vends(self) -> list[InterruptedVend]:
         """Vends cut short by a crash: never charged; their slot is flagged for a recount."""

@@ -175,6 +175,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             cmd_id TEXT PRIMARY KEY,
             at TEXT NOT NULL,
             name TEXT NOT NULL,
+            request TEXT NOT NULL,
             reply TEXT NOT NULL
         )
         """,

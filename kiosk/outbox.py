@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from sqlite_utils import Database
 
 from kiosk.errors import LedgerError
 from kiosk.schema import connect
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,22 +59,51 @@ def marks_path(ledger: str | Path) -> Path:
 
 
 class Marks:
-    """The acknowledged seqs, in their own file; one writer (the publisher)."""
+    """The acknowledged seqs of the ledger `ledger_id`, in their own file; one writer (the
+    publisher). Marks of another ledger (one made anew, or restored from a backup, beside an old
+    marks file) or a damaged file are set aside: everything is sent again, nothing is skipped."""
 
-    def __init__(self, ledger: str | Path) -> None:
+    def __init__(self, ledger: str | Path, ledger_id: str) -> None:
         self.path = marks_path(ledger)
         try:
-            self.db = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # a lost mark is a duplicate, no more
-            self.db.execute("CREATE TABLE IF NOT EXISTS acked (seq INTEGER PRIMARY KEY)")
-            self.db.execute("CREATE TABLE IF NOT EXISTS watermark (seq INTEGER NOT NULL)")
+            self.db = self._open(ledger_id)
         except sqlite3.Error as err:
-            raise LedgerError(f"outbox marks {self.path}: {err}") from err
-        if self.db.execute("SELECT count(*) FROM watermark").fetchone()[0] == 0:
-            self.db.execute("INSERT INTO watermark VALUES (0)")
+            log.warning("outbox marks %s: %s; set aside, everything is sent again", self.path, err)
+            self._set_aside()
+            try:
+                self.db = self._open(ledger_id)
+            except sqlite3.Error as again:
+                raise LedgerError(f"outbox marks {self.path}: {again}") from again
         self.watermark = int(self.db.execute("SELECT seq FROM watermark").fetchone()[0])
         self.above = {int(s) for (s,) in self.db.execute("SELECT seq FROM acked")}
+
+    def _open(self, ledger_id: str) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a lost mark is a duplicate, no more
+            db.execute("CREATE TABLE IF NOT EXISTS acked (seq INTEGER PRIMARY KEY)")
+            db.execute("CREATE TABLE IF NOT EXISTS watermark (seq INTEGER NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS ledger (id TEXT NOT NULL)")
+            owner = db.execute("SELECT id FROM ledger").fetchone()
+            if owner is None or owner[0] != ledger_id:
+                if owner is not None:
+                    log.warning("outbox marks %s belong to another ledger: reset", self.path)
+                with db:
+                    db.execute("BEGIN")
+                    for table in ("acked", "watermark", "ledger"):
+                        db.execute(f"DELETE FROM {table}")
+                    db.execute("INSERT INTO watermark VALUES (0)")
+                    db.execute("INSERT INTO ledger VALUES (?)", [ledger_id])
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _set_aside(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{self.path}{suffix}.damaged")
 
     def close(self) -> None:
         self.db.close()
@@ -93,17 +126,27 @@ class Marks:
         return seq <= self.watermark or seq in self.above
 
 
-def read_watermark(ledger: str | Path) -> int:
-    """The watermark as last written (0 when nothing was ever acknowledged), read-only."""
+def read_marks(ledger: str | Path, ledger_id: str | None) -> tuple[int, set[int]]:
+    """The watermark and the seqs acknowledged above it, as last written, read-only; nothing
+    when there are none, or they are another ledger's (`ledger_id`) or unreadable."""
     path = marks_path(ledger)
     if not path.exists():
-        return 0
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        try:
+        return 0, set()
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            owner = db.execute("SELECT id FROM ledger").fetchone()
+            if owner is None or owner[0] != ledger_id:
+                return 0, set()
             row = db.execute("SELECT seq FROM watermark").fetchone()
-        except sqlite3.Error:
-            return 0
-    return 0 if row is None else int(row[0])
+            above = {int(s) for (s,) in db.execute("SELECT seq FROM acked")}
+    except sqlite3.Error:
+        return 0, set()
+    return (0 if row is None else int(row[0])), above
+
+
+def ledger_id(db: Database) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = 'ledger_id'").fetchone()
+    return None if row is None else str(row[0])
 
 
 class Reader:
@@ -120,6 +163,12 @@ class Reader:
 
     def last_seq(self) -> int:
         return int(self.db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
+
+    def ledger_id(self) -> str:
+        found = ledger_id(self.db)
+        if found is None:
+            raise LedgerError("the ledger has no id yet (it was never started)")
+        return found
 
 
 def rows_after(db: Database, seq: int, limit: int) -> list[Row]:
@@ -138,6 +187,7 @@ class Backlog:
     unsent: int
     oldest_unsent_at: str | None
     last_seq: int
+    rows: int  # in the outbox now, sent or not (sent ones go after outbox_keep_days)
 
     def as_json(self, now: datetime) -> dict[str, Any]:
         age = None
@@ -152,13 +202,13 @@ class Backlog:
         }
 
 
-def backlog(db: Database, watermark: int, acked_above: set[int] | None = None) -> Backlog:
+def backlog(db: Database, ledger: str | Path) -> Backlog:
     """What waits to be sent: rows above the watermark not acknowledged out of order."""
-    above = acked_above or set()
+    watermark, above = read_marks(ledger, ledger_id(db))
     rows = db.execute("SELECT seq, at FROM outbox WHERE seq > ? ORDER BY seq", [watermark])
     waiting = [(seq, at) for seq, at in rows if seq not in above]
-    last = int(db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
-    return Backlog(len(waiting), waiting[0][1] if waiting else None, last)
+    last, count = db.execute("SELECT coalesce(max(seq), 0), count(*) FROM outbox").fetchone()
+    return Backlog(len(waiting), waiting[0][1] if waiting else None, int(last), int(count))
 
 
 def prune(db: Database, watermark: int, before: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -132,16 +133,23 @@ class Desk:
 
     def handle(self, command: Command) -> None:
         ledger = self.core.ledger
+        request = json.dumps([command.request.name, dict(command.request.args)], sort_keys=True)
         if command.cmd_id is not None:
-            done = ledger.command_reply(command.cmd_id)
-            if done is not None:  # delivered again: answered again, not done again
-                command.reply(done)
+            done = ledger.command_done(command.cmd_id)
+            if done is not None and done[0] == request:  # delivered again: answered again
+                command.reply(done[1])
+                return
+            if done is not None:
+                why = f"cmd_id {command.cmd_id} was already used for another command"
+                command.reply({"ok": False, "error": why})
                 return
         reply = self._reply(command)
         if reply is None:
             return  # a test vend: answered when it ends
         if command.by.origin == REMOTE:
-            ledger.record_command(command.cmd_id, command.request.name, reply, command.by)
+            final = reply["ok"] or command.refusal is not None
+            name = command.request.name
+            ledger.record_command(command.cmd_id, name, request, reply, command.by, final=final)
         command.reply(reply)
 
     def _reply(self, command: Command) -> dict[str, Any] | None:
@@ -267,7 +275,7 @@ class Desk:
     def telemetry(self) -> dict[str, Any]:
         core = self.core
         link = core.telemetry.status() if core.telemetry is not None else {"enabled": False}
-        backlog = outbox.backlog(core.ledger.db, outbox.read_watermark(core.ledger.path))
+        backlog = outbox.backlog(core.ledger.db, core.ledger.path)
         faults = [f"{f.code}: {f.detail}" for f in core.ledger.faults() if f.device == "telemetry"]
         return {
             "running": True,

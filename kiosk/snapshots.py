@@ -9,6 +9,7 @@ id and the time it was built; whether one changed is judged without that time.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ IMPACT_KEYS = (
     "donated_cents",
 )
 MAX_CMD_ID = 64
+COMMAND_NAME = re.compile(r"[a-z_]{1,32}")
 
 # Remote command -> (request, arguments it takes, arguments it sets)
 REMOTE: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
@@ -187,7 +189,10 @@ class RemoteCommand:
 
 def read_command(name: str, payload: bytes) -> RemoteCommand:
     """A `cmd/<name>` message, checked whole: a request for the core, or the reason it is not
-    one (and the cmd_id, when one could be read, to answer with)."""
+    one (and the cmd_id, when one could be read, to answer with). A name that is no command's
+    is recorded as "unknown", not as whatever the topic said."""
+    if not COMMAND_NAME.fullmatch(name):
+        name = "unknown"
     if len(payload) > MAX_REQUEST_BYTES:
         return RemoteCommand(name, None, None, f"payload longer than {MAX_REQUEST_BYTES} bytes")
     try:

@@ -227,7 +227,7 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
 def _offline_telemetry(db: Database, where: Target) -> dict[str, Any]:
     mqtt = where.config.mqtt if where.config else None
     broker = None if mqtt is None or not mqtt.enabled else mqtt.socket or f"{mqtt.host}:{mqtt.port}"
-    backlog = outbox.backlog(db, outbox.read_watermark(where.ledger))
+    backlog = outbox.backlog(db, where.ledger)
     faults = db.execute("SELECT code, detail FROM faults WHERE device = 'telemetry'")
     return {
         "running": False,

@@ -52,6 +52,8 @@ STOP_WAIT_S = 3.0  # for the `offline` PUBACK on a clean stop
 DEVICE = "telemetry"
 HA_PREFIX = "homeassistant"
 NOT_AUTHORIZED = 0x87
+FAULT_CODES = ("refused", "error")
+MAX_PACKET_BYTES = 16 * 1024  # the broker sends nothing larger (commands are 4 KiB at most)
 
 
 class Telemetry:
@@ -75,7 +77,8 @@ class Telemetry:
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self._sent_count = 0
-        self._faulty = False  # the telemetry fault is raised
+        self._faulty = False  # a telemetry fault is raised
+        self._clean = False  # a publish was accepted on this connection
 
     # --- what other threads call -------------------------------------------------------------
 
@@ -85,8 +88,7 @@ class Telemetry:
 
     def state_changed(self, state: dict[str, Any]) -> None:
         """The core's last state; never blocks."""
-        self._core_state = state
-        self._inbox.put(("wake",))
+        self._core_state = state  # looked at within POLL_S
 
     def refresh(self) -> None:
         """Publish every retained topic again (the `refresh` command)."""
@@ -163,15 +165,14 @@ class Telemetry:
         assert self._client is not None
         client = self._client
         m = self.mqtt
-        marks = outbox.Marks(self.ledger)
+        marks = outbox.Marks(self.ledger, self._ledger_id())
         reader = outbox.Reader(self.ledger)
         link = _Link(marks)
         try:
-            if m.socket:
-                client.connect_async(m.socket, keepalive=m.keepalive_s, clean_start=True)
-            else:
-                assert m.host is not None
-                client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=True)
+            limits = Properties(PacketTypes.CONNECT)
+            limits.MaximumPacketSize = MAX_PACKET_BYTES
+            host = str(m.socket or m.host)  # a socket path is paho's "host" on a unix transport
+            client.connect_async(host, m.port, m.keepalive_s, clean_start=True, properties=limits)
             client.loop_start()
             while not self._stop.is_set():
                 self._take(link, reader)
@@ -183,6 +184,10 @@ class Telemetry:
             client.loop_stop()
             reader.close()
             marks.close()
+
+    def _ledger_id(self) -> str:
+        with outbox.reading(self.ledger) as reader:
+            return reader.ledger_id()
 
     def _take(self, link: _Link, reader: outbox.Reader) -> None:
         """What happened since the last turn (waiting up to POLL_S for the first thing)."""
@@ -206,6 +211,7 @@ class Telemetry:
                 return
             self._connected = True
             link.connected(reader.last_seq())
+            self._clean = False  # no publish accepted yet on this connection
             log.info("telemetry connected to %s", self.status()["broker"])
             # Retain as published: a command published retained is seen as such, and ignored.
             options = SubscribeOptions(qos=1, retainAsPublished=True)
@@ -232,19 +238,28 @@ class Telemetry:
 
     def _acked(self, link: _Link, mid: int, rc: Any) -> None:
         seq = link.inflight.pop(mid, None)
+        topic = link.topics.pop(mid, None)
         if rc.is_failure:
-            what = f"seq {seq}" if seq is not None else "a retained topic"
+            what = f"seq {seq}" if seq is not None else topic or "a message"
             self._error(f"the broker refused {what}: {rc}")
-            if rc.value == NOT_AUTHORIZED:
-                self._raise_fault("refused", f"publish not authorized: {rc}")
             if seq is not None:
                 link.refused(seq)
+            elif topic is not None:
+                link.refused_topics.add(topic)
+                link.published.pop(topic, None)  # sent again at the next look
+            if rc.value == NOT_AUTHORIZED and not self._faulty:
+                self._raise_fault("refused", f"publish not authorized: {rc}")
             return
         if seq is not None:
             link.acked(seq)
             self._sent_count += 1
-            if self._faulty and link.clear_of_refusals():
-                self._clear_fault()
+        if topic is not None:
+            link.refused_topics.discard(topic)
+        if not link.clear_of_refusals():
+            return
+        if self._faulty or not self._clean:  # a fault of an earlier run is mended too
+            self._clean = True
+            self._clear_faults()
 
     def _send_rows(self, link: _Link, reader: outbox.Reader) -> None:
         room = WINDOW - len(link.inflight)
@@ -253,8 +268,9 @@ class Telemetry:
         for row in link.due(reader, room):
             message = row.message(self.config.kiosk.id, historical=row.seq <= link.live_after)
             mid = self._publish(link, f"event/{row.kind}", json.dumps(message), retain=False)
-            if mid is None:
-                return  # paho's queue is full: later
+            if mid is None:  # paho's queue is full: this row and those after it, later
+                link.not_sent(row.seq)
+                return
             link.sent(mid, row.seq)
 
     def _send_snapshots(self, link: _Link, reader: outbox.Reader) -> None:
@@ -273,9 +289,9 @@ class Telemetry:
             link.published = dict.fromkeys(snapshots.past_faults(reader.db), "")
             self._discovery(link, reader)
         for topic in sorted(set(link.published) - set(topics)):
-            if topic.startswith("fault/"):  # cleared: an empty retained message removes it
-                self._publish(link, topic, "", retain=True)
-            del link.published[topic]
+            # Cleared: an empty retained message removes it (kept for later if paho is full).
+            if self._publish(link, topic, "", retain=True) is not None:
+                del link.published[topic]
         for topic, payload in topics.items():
             if snapshots.same(link.published.get(topic), payload):
                 continue
@@ -286,7 +302,9 @@ class Telemetry:
         assert self._client is not None
         topic = f"{HA_PREFIX}/device/{self.config.kiosk.id}/config"
         if not self.mqtt.ha_discovery:
-            self._client.publish(topic, "", qos=1, retain=True)  # removed when turned off
+            # Removed when turned off; not tracked: a broker without the discovery topic in its
+            # ACL refuses it, and that is no fault of a kiosk that does not use discovery.
+            self._client.publish(topic, "", qos=1, retain=True)
             return
         slots = [s.id for s in self.config.slots]
         message = snapshots.discovery(self.config, self.base, slots)
@@ -297,6 +315,7 @@ class Telemetry:
         info = self._client.publish(f"{self.base}/{topic}", payload, qos=1, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             return None
+        link.topics[info.mid] = topic
         return int(info.mid)
 
     def _say_offline(self, link: _Link) -> None:
@@ -334,14 +353,14 @@ class Telemetry:
         self._submit(Command(request, by, reply, read.cmd_id, read.refusal))
 
     def _response_topic(self, asked: str | None) -> str:
-        """The request's response topic when it lies in this kiosk's own subtree (the only
-        place the broker lets a kiosk publish), else `cmd_result`: a stray one must not earn
-        the kiosk a refusal."""
-        own = f"{self.base}/"
+        """The request's response topic when it is `cmd_result` or below it, else `cmd_result`:
+        a reply must land neither outside the kiosk's subtree (the broker would refuse it) nor
+        on its other topics (a reply posing as a sale or a status)."""
+        answers = f"{self.base}/cmd_result"
         wildcard = asked is not None and ("+" in asked or "#" in asked)
-        if asked and asked.startswith(own) and not asked.startswith(f"{own}cmd/") and not wildcard:
+        if asked and not wildcard and (asked == answers or asked.startswith(f"{answers}/")):
             return asked
-        return f"{self.base}/cmd_result"
+        return answers
 
     # --- errors and the telemetry fault ------------------------------------------------------
 
@@ -350,12 +369,14 @@ class Telemetry:
         self._last_error = f"{iso(datetime.now(UTC))} {what}"
 
     def _raise_fault(self, code: str, detail: str) -> None:
-        self._faulty = code == "refused"
+        self._faulty = True
         self._submit(DeviceFault(DEVICE, code, True, detail, time.monotonic()))
 
-    def _clear_fault(self) -> None:
+    def _clear_faults(self) -> None:
+        """Publishing works: the telemetry faults (this run's or an earlier one's) clear."""
         self._faulty = False
-        self._submit(DeviceFault(DEVICE, "refused", False, "publishes accepted", time.monotonic()))
+        for code in FAULT_CODES:
+            self._submit(DeviceFault(DEVICE, code, False, "publishes accepted", time.monotonic()))
 
 
 class _Link:
@@ -364,6 +385,8 @@ class _Link:
     def __init__(self, marks: outbox.Marks) -> None:
         self.marks = marks
         self.inflight: dict[int, int] = {}  # mid -> seq
+        self.topics: dict[int, str] = {}  # mid -> retained topic in flight
+        self.refused_topics: set[str] = set()
         self.cursor = marks.watermark  # the last seq handed to paho on this connection
         self.live_after = 0  # rows up to this seq were recorded before the connection
         self.retry: dict[int, tuple[float, float]] = {}  # seq -> (when, delay)
@@ -380,7 +403,14 @@ class _Link:
 
     def disconnected(self) -> None:
         self.inflight.clear()
+        self.topics.clear()
         self.published = {}
+
+    def not_sent(self, seq: int) -> None:
+        if seq in self.retry:
+            self.retry[seq] = (0.0, self.retry[seq][1])
+        else:
+            self.cursor = min(self.cursor, seq - 1)
 
     def due(self, reader: outbox.Reader, room: int) -> list[outbox.Row]:
         """Rows to send now: refused ones whose delay is over, then new ones in seq order."""
@@ -399,6 +429,7 @@ class _Link:
 
     def sent(self, mid: int, seq: int) -> None:
         self.inflight[mid] = seq
+        self.topics.pop(mid, None)  # a row: counted by its seq
         if seq in self.retry:
             self.retry[seq] = (float("inf"), self.retry[seq][1])  # in flight again
 
@@ -412,7 +443,7 @@ class _Link:
         self.retry[seq] = (time.monotonic() + delay, delay)
 
     def clear_of_refusals(self) -> bool:
-        return not self.retry
+        return not self.retry and not self.refused_topics
 
 
 def _now() -> str:

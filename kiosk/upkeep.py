@@ -268,20 +268,31 @@ class Upkeep(LedgerBase):
 
     # --- remote commands ---------------------------------------------------------------------
 
-    def command_reply(self, cmd_id: str) -> dict[str, Any] | None:
-        """The reply given to a remote command already done, if it was."""
-        reply = self._one("SELECT reply FROM commands WHERE cmd_id = ?", [cmd_id])
-        return None if reply is None else dict(json.loads(reply))
+    def command_done(self, cmd_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The request (as JSON text) and the reply of a remote command already answered."""
+        row = self.db.execute(
+            "SELECT request, reply FROM commands WHERE cmd_id = ?", [cmd_id]
+        ).fetchone()
+        return None if row is None else (str(row[0]), dict(json.loads(row[1])))
 
     def record_command(
-        self, cmd_id: str | None, name: str, reply: dict[str, Any], by: Actor
+        self,
+        cmd_id: str | None,
+        name: str,
+        request: str,
+        reply: dict[str, Any],
+        by: Actor,
+        *,
+        final: bool,
     ) -> None:
-        """A remote command answered (done or refused), kept so that it is done once."""
+        """A remote command answered, in the events; kept by its cmd_id when the answer is
+        final (done, or refused for what it says), so that it is done once. A refusal for the
+        kiosk's state of the moment is not kept: the same command may succeed later."""
         with self._tx() as at:
-            if cmd_id is not None:
+            if cmd_id is not None and final:
                 self.db.execute(
-                    "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?)",
-                    [cmd_id, at, name, json.dumps(reply)],
+                    "INSERT OR IGNORE INTO commands VALUES (?, ?, ?, ?, ?)",
+                    [cmd_id, at, name, request, json.dumps(reply)],
                 )
             outcome = "done" if reply.get("ok") else f"refused: {reply.get('error')}"
             detail = f"{cmd_id or 'no cmd_id'}: {outcome}"

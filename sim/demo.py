@@ -118,7 +118,7 @@ def _telemetry(rig: SimKiosk) -> Any:
     from kiosk.telemetry import Telemetry
 
     telemetry = Telemetry(rig.config, rig.db_path, rig.events.put)
-    rig.controller.telemetry = telemetry
+    rig.controller.attach(telemetry)
     telemetry.start()
     return telemetry
 
@@ -127,11 +127,10 @@ def _drain(rig: SimKiosk, telemetry: Any) -> None:
     """Wait (bounded) for the outbox to be sent, with a line of progress on stderr."""
     deadline = time.monotonic() + DRAIN_S
     while True:
-        backlog = outbox.backlog(rig.ledger.db, outbox.read_watermark(rig.db_path))
-        sent = backlog.last_seq - backlog.unsent
+        backlog = outbox.backlog(rig.ledger.db, rig.db_path)
+        sent = backlog.rows - backlog.unsent
         print(
-            f"\rtelemetry: {sent} of {backlog.last_seq} events sent to "
-            f"{telemetry.status()['broker']}",
+            f"\rtelemetry: {sent} of {backlog.rows} events sent to {telemetry.status()['broker']}",
             end="",
             file=sys.stderr,
             flush=True,

@@ -81,22 +81,31 @@ def test_a_write_that_fails_leaves_no_message(books: Ledger) -> None:
 
 
 def test_marks_keep_a_watermark_over_acks_out_of_order(tmp_path: Path) -> None:
-    marks = outbox.Marks(tmp_path / "k.db")
+    marks = outbox.Marks(tmp_path / "k.db", "L1")
     for seq in (2, 3, 1, 5):
         marks.acked(seq)
     assert marks.watermark == 3 and marks.done(5) and not marks.done(4)
     marks.close()
-    again = outbox.Marks(tmp_path / "k.db")  # after a restart
+    again = outbox.Marks(tmp_path / "k.db", "L1")  # after a restart
     assert again.watermark == 3 and again.done(5) and not again.done(4)
     again.acked(4)
-    assert again.watermark == 5 and outbox.read_watermark(tmp_path / "k.db") == 5
+    assert again.watermark == 5 and outbox.read_marks(tmp_path / "k.db", "L1") == (5, set())
     again.close()
+    other = outbox.Marks(tmp_path / "k.db", "L2")  # a new ledger beside old marks: reset
+    assert other.watermark == 0 and not other.done(1)
+    other.close()
+    outbox.marks_path(tmp_path / "k.db").write_bytes(b"not a database at all" * 100)
+    damaged = outbox.Marks(tmp_path / "k.db", "L2")  # set aside: everything sent again
+    assert damaged.watermark == 0
+    damaged.close()
 
 
 def test_only_sent_rows_are_pruned(books: Ledger, tmp_path: Path) -> None:
     for on in (True, False, True):
         books.set_service_mode(on, BY)
-    marks = outbox.Marks(books.path)
+    ledger_id = outbox.ledger_id(books.db)
+    assert ledger_id is not None
+    marks = outbox.Marks(books.path, ledger_id)
     marks.acked(1)
     marks.close()
     later = Ledger(books.path, lambda: NOW + timedelta(days=40))

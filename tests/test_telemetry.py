@@ -43,7 +43,7 @@ class Watched:
         self.config = with_changes(config, mqtt=broker.mqtt_config() | mqtt)
         self.rig = SimKiosk(self.config, db)
         self.telemetry = Telemetry(self.config, db, self.rig.events.put)
-        self.rig.controller.telemetry = self.telemetry
+        self.rig.controller.attach(self.telemetry)
         self.base = f"kiosk/v1/{self.config.kiosk.id}"
         user, password = dashboard or (None, None)
         self.dashboard = Subscriber(broker, f"{self.base}/#", username=user, password=password)
@@ -91,7 +91,8 @@ def all_arrived(kiosk: Watched) -> Callable[[list[Received]], bool]:
 def test_a_shopper_run_arrives_whole_and_valid(watched: Watched) -> None:
     outcome = simulate(watched.rig, 120, seed=11)
     assert outcome.ok
-    watched.until(all_arrived(watched))
+    state = f"{watched.base}/state"
+    watched.until(lambda seen: all_arrived(watched)(seen) and any(m.topic == state for m in seen))
     for message in watched.dashboard.messages:
         validate_message(message.topic, message.payload)
     events = watched.events()
@@ -176,6 +177,8 @@ def test_a_command_is_done_once_and_answered_the_same(watched: Watched) -> None:
     first = command(watched, "set_price", {"cmd_id": "p-1", "slot": 1, "price_cents": 25}, b"x")
     again = command(watched, "set_price", {"cmd_id": "p-1", "slot": 1, "price_cents": 25}, b"y")
     assert first == again and first["ok"] and first["cmd_id"] == "p-1"
+    other = command(watched, "slot_disable", {"cmd_id": "p-1", "slot": 1}, b"z")
+    assert other["ok"] is False and "already used for another command" in other["error"]
     db = watched.rig.ledger.db
     changes = db.execute(
         "SELECT actor, origin FROM events WHERE kind = 'slot_changed' AND origin = 'mqtt'"
@@ -195,8 +198,10 @@ def test_service_by_remote_and_a_retained_command_ignored(watched: Watched) -> N
     watched.dashboard.publish(
         f"{watched.base}/cmd/service_off", json.dumps({"cmd_id": "s-2"}), retain=True
     )
-    watched.rig.run_for(2)
+    # Any command after it is answered after it: by then the retained one was seen (and left).
+    assert command(watched, "refresh", {"cmd_id": "s-3"})["ok"]
     assert watched.rig.controller.state.value == "maintenance"  # a left-over order is not one
+    assert not watched.rig.ledger.command_done("s-2")
     watched.dashboard.publish(f"{watched.base}/cmd/service_off", b"", retain=True)  # cleaned
 
 
