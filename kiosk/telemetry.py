@@ -247,7 +247,8 @@ class Telemetry:
             elif topic is not None:
                 link.refused_topics.add(topic)
                 link.published.pop(topic, None)  # sent again at the next look
-            if rc.value == NOT_AUTHORIZED and not self._faulty:
+            tracked = seq is not None or topic is not None  # not a reply or a removal
+            if rc.value == NOT_AUTHORIZED and tracked and not self._faulty:
                 self._raise_fault("refused", f"publish not authorized: {rc}")
             return
         if seq is not None:
