@@ -1,0 +1,87 @@
+"""The benchmarks keep working: each run with tiny sizes prints its figures (nothing about them is
+asserted but that they are there and are numbers; performance is measured, not tested), and the
+drain benchmark's backlog is made of payloads the kiosk's contract accepts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from payloads import validate_message
+
+from sim import bench
+
+MQTT_KEYS = {
+    "cpu_count",
+    "drain_events",
+    "window",
+    "drain_kiosk_events_per_s",
+    "drain_bare_events_per_s",
+    "drain_kiosk_cpu_us_per_event",
+    "drain_bare_cpu_us_per_event",
+    "mqtt_drain_ratio",
+    "sales_per_side",
+    "sale_on_p50_ms",
+    "sale_on_p95_ms",
+    "sale_on_cpu_p50_ms",
+    "complete_sale_on_p50_ms",
+    "sale_off_p50_ms",
+    "sale_off_p95_ms",
+    "sale_off_cpu_p50_ms",
+    "complete_sale_off_p50_ms",
+    "sale_latency_mqtt_ratio",
+}
+MACHINE_LINES = ("cpu_count", "python", "paho_mqtt", "mosquitto")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert bench.main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_the_mqtt_benchmark_prints_one_json_object_of_numbers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = json.loads(run(capsys, "mqtt", "--events", "30", "--sales", "2", "--json"))
+    assert set(figures) == MQTT_KEYS
+    assert all(isinstance(v, int | float) and not isinstance(v, bool) for v in figures.values())
+    assert figures["drain_events"] == 30
+    assert figures["sales_per_side"] == 2
+    assert figures["mqtt_drain_ratio"] > 0
+    assert figures["sale_latency_mqtt_ratio"] > 0
+
+
+def test_the_table_names_the_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, "mqtt", "--events", "5", "--sales", "1")
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names[: len(MACHINE_LINES)] == list(MACHINE_LINES)
+    assert set(names) == MQTT_KEYS | set(MACHINE_LINES)
+
+
+def test_the_drain_backlog_holds_sales_as_the_kiosk_publishes_them(tmp_path: Path) -> None:
+    config = bench.config_mod.load(bench.config_mod.PULSE_PROFILE, env={})
+    messages = bench.write_backlog(config, tmp_path / "backlog.db", 4)
+    assert [json.loads(payload)["seq"] for _, payload in messages] == [1, 2, 3, 4]
+    for topic, payload in messages:
+        assert validate_message(topic, payload.encode())["kind"] == "sale"
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (("cctalk", "--polls", "5"), "ratio_to_wire"),
+        (("demo", "--shoppers", "3", "--json"), "simulated_hours_per_s"),
+    ],
+)
+def test_the_other_benchmarks_still_run(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], key: str
+) -> None:
+    assert key in run(capsys, *argv)
+
+
+def test_sizes_below_one_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["mqtt", "--events", "0"])
+    assert exit_.value.code == 2
+    assert "at least 1" in capsys.readouterr().err
