@@ -36,12 +36,17 @@ class Row:
     seq: int
     msg_id: str
     kind: str
-    body: dict[str, Any]
+    body_json: str  # the record's own fields, a JSON object
     at: str
     boot_id: str
 
-    def message(self, kiosk_id: str, *, historical: bool) -> dict[str, Any]:
-        """The payload of event/<kind>: the envelope, then the record's own fields."""
+    def message_json(self, kiosk_id: str, *, historical: bool) -> str:
+        """message() as JSON, the stored body spliced in as it is (not parsed and written
+        again: a backlog of thousands drains at the broker's pace, not the encoder's)."""
+        envelope = json.dumps(self.envelope(kiosk_id, historical=historical), ensure_ascii=False)
+        return envelope if self.body_json == "{}" else f"{envelope[:-1]}, {self.body_json[1:]}"
+
+    def envelope(self, kiosk_id: str, *, historical: bool) -> dict[str, Any]:
         return {
             "msg_id": self.msg_id,
             "seq": self.seq,
@@ -50,8 +55,15 @@ class Row:
             "ts": self.at,
             "historical": historical,
             "kind": self.kind,
-            **self.body,
         }
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return dict(json.loads(self.body_json))
+
+    def message(self, kiosk_id: str, *, historical: bool) -> dict[str, Any]:
+        """The payload of event/<kind>: the envelope, then the record's own fields."""
+        return self.envelope(kiosk_id, historical=historical) | self.body
 
 
 def marks_path(ledger: str | Path) -> Path:
@@ -76,6 +88,7 @@ class Marks:
                 raise LedgerError(f"outbox marks {self.path}: {again}") from again
         self.watermark = int(self.db.execute("SELECT seq FROM watermark").fetchone()[0])
         self.above = {int(s) for (s,) in self.db.execute("SELECT seq FROM acked")}
+        self._dirty = False
 
     def _open(self, ledger_id: str) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
@@ -106,21 +119,30 @@ class Marks:
                 os.replace(f"{self.path}{suffix}", f"{self.path}{suffix}.damaged")
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
 
     def acked(self, seq: int) -> None:
+        """Acknowledged; written at the next flush()."""
         if seq <= self.watermark or seq in self.above:
             return
         self.above.add(seq)
         while self.watermark + 1 in self.above:
             self.watermark += 1
             self.above.discard(self.watermark)
+        self._dirty = True
+
+    def flush(self) -> None:
+        """The acknowledgements since the last flush, in one transaction (a PUBACK each would
+        be a commit each)."""
+        if not self._dirty:
+            return
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute("UPDATE watermark SET seq = ?", [self.watermark])
-            self.db.execute("DELETE FROM acked WHERE seq <= ?", [self.watermark])
-            if seq > self.watermark:
-                self.db.execute("INSERT OR IGNORE INTO acked VALUES (?)", [seq])
+            self.db.execute("DELETE FROM acked")
+            self.db.executemany("INSERT INTO acked VALUES (?)", [(s,) for s in self.above])
+        self._dirty = False
 
     def done(self, seq: int) -> bool:
         return seq <= self.watermark or seq in self.above
@@ -142,6 +164,13 @@ def read_marks(ledger: str | Path, ledger_id: str | None) -> tuple[int, set[int]
     except sqlite3.Error:
         return 0, set()
     return (0 if row is None else int(row[0])), above
+
+
+def sent_up_to(ledger: str | Path) -> int:
+    """The watermark of the ledger at `ledger`: every seq up to it acknowledged."""
+    with reading(ledger) as reader:
+        found = ledger_id(reader.db)
+    return read_marks(ledger, found)[0]
 
 
 def ledger_id(db: Database) -> str | None:
@@ -173,7 +202,7 @@ class Reader:
 
 def rows_after(db: Database, seq: int, limit: int) -> list[Row]:
     return [
-        Row(s, m, k, json.loads(b), a, boot)
+        Row(s, m, k, b, a, boot)
         for s, m, k, b, a, boot in db.execute(
             "SELECT seq, msg_id, kind, body, at, boot_id FROM outbox WHERE seq > ? "
             "ORDER BY seq LIMIT ?",

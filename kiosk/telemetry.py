@@ -176,6 +176,7 @@ class Telemetry:
             client.loop_start()
             while not self._stop.is_set():
                 self._take(link, reader)
+                marks.flush()
                 if self._connected:
                     self._send_rows(link, reader)
                     self._send_snapshots(link, reader)
@@ -264,11 +265,11 @@ class Telemetry:
 
     def _send_rows(self, link: _Link, reader: outbox.Reader) -> None:
         room = WINDOW - len(link.inflight)
-        if room <= 0:
-            return
+        if room < WINDOW // 2 and link.inflight:
+            return  # refilled by halves: one read for several rows, not one per PUBACK
         for row in link.due(reader, room):
-            message = row.message(self.config.kiosk.id, historical=row.seq <= link.live_after)
-            mid = self._publish(link, f"event/{row.kind}", json.dumps(message), retain=False)
+            message = row.message_json(self.config.kiosk.id, historical=row.seq <= link.live_after)
+            mid = self._publish(link, f"event/{row.kind}", message, retain=False)
             if mid is None:  # paho's queue is full: this row and those after it, later
                 link.not_sent(row.seq)
                 return
@@ -276,6 +277,8 @@ class Telemetry:
 
     def _send_snapshots(self, link: _Link, reader: outbox.Reader) -> None:
         now = time.monotonic()
+        if now - link.snapshot_at < SNAPSHOT_MIN_S and not self._refresh.is_set():
+            return  # looked at most once a second
         changed = link.last_seq_seen != reader.last_seq() or link.state_seen != self._core_state
         due = now - link.snapshot_at >= (SNAPSHOT_MIN_S if changed else SNAPSHOT_MAX_S)
         if not (due or self._refresh.is_set()):
@@ -420,12 +423,14 @@ class _Link:
         rows: list[outbox.Row] = []
         for seq in waiting[:room]:
             rows += reader.after(seq - 1, 1)
-        for row in reader.after(self.cursor, 4 * room):
-            if len(rows) >= room:
+        while len(rows) < room:
+            batch = reader.after(self.cursor, room - len(rows))
+            if not batch:
                 break
-            self.cursor = row.seq
-            if not self.marks.done(row.seq) and row.seq not in self.retry:
-                rows.append(row)
+            for row in batch:
+                self.cursor = row.seq
+                if not self.marks.done(row.seq) and row.seq not in self.retry:
+                    rows.append(row)
         return rows
 
     def sent(self, mid: int, seq: int) -> None:

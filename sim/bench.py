@@ -170,7 +170,7 @@ def kiosk_drain(config: config_mod.Config, ledger: Path, last_seq: int, timeout_
     started = time.perf_counter()
     telemetry.start()
     try:
-        while outbox.read_watermark(ledger) < last_seq:
+        while outbox.sent_up_to(ledger) < last_seq:
             if time.perf_counter() - started > timeout_s:
                 status = telemetry.status()
                 raise TimeoutError(f"outbox not drained in {timeout_s} s: {status}")
@@ -261,7 +261,7 @@ def last_seq(rig: SimKiosk) -> int:
 def caught_up(rig: SimKiosk, timeout_s: float) -> None:
     """Wait until the broker has acknowledged every outbox row written so far."""
     deadline, target = time.monotonic() + timeout_s, last_seq(rig)
-    while outbox.read_watermark(rig.db_path) < target:
+    while outbox.sent_up_to(rig.db_path) < target:
         if time.monotonic() > deadline:
             raise TimeoutError(f"telemetry not caught up with seq {target} in {timeout_s} s")
         time.sleep(WATCH_S)

@@ -4,6 +4,7 @@ was sent, and remote commands read and checked before they reach the core."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,7 @@ def test_a_sale_and_its_message_commit_together(kiosk: SimKiosk) -> None:
     assert (sale.body["sale_id"], sale.body["vend_id"], sale.body["price_cents"]) == db_sale
     assert sale.body["credit_left_cents"] == 2
     message = sale.message("sim-001", historical=False)
+    assert json.loads(sale.message_json("sim-001", historical=False)) == message
     assert message["seq"] == sale.seq and message["kind"] == "sale"
     assert message["boot_id"] == kiosk.ledger.boot_id
 
@@ -89,6 +91,8 @@ def test_marks_keep_a_watermark_over_acks_out_of_order(tmp_path: Path) -> None:
     again = outbox.Marks(tmp_path / "k.db", "L1")  # after a restart
     assert again.watermark == 3 and again.done(5) and not again.done(4)
     again.acked(4)
+    assert outbox.read_marks(tmp_path / "k.db", "L1") == (3, {5})  # written at the flush
+    again.flush()
     assert again.watermark == 5 and outbox.read_marks(tmp_path / "k.db", "L1") == (5, set())
     again.close()
     other = outbox.Marks(tmp_path / "k.db", "L2")  # a new ledger beside old marks: reset
