@@ -265,8 +265,8 @@ class Telemetry:
 
     def _send_rows(self, link: _Link, reader: outbox.Reader) -> None:
         room = WINDOW - len(link.inflight)
-        if room < WINDOW // 2 and link.inflight:
-            return  # refilled by halves: one read for several rows, not one per PUBACK
+        if room <= 0:
+            return
         for row in link.due(reader, room):
             message = row.message_json(self.config.kiosk.id, historical=row.seq <= link.live_after)
             mid = self._publish(link, f"event/{row.kind}", message, retain=False)
