@@ -14,6 +14,7 @@ import io
 import unicodedata
 from collections.abc import Sequence
 from datetime import date
+from typing import Any
 
 from kiosk.figures import (
     Cashbox,
@@ -326,3 +327,84 @@ def event_line(row: EventRow) -> str:
 
 def events_lines(rows: Sequence[EventRow]) -> list[str]:
     return [event_line(row) for row in rows]
+
+
+# --- what the daemon says of itself -----------------------------------------------------------
+
+
+def status_text(s: dict[str, Any]) -> str:
+    lines = [
+        f"kiosk      {s.get('kiosk_id') or '?'}",
+        f"daemon     {'running' if s['running'] else 'not running'}",
+        f"state      {s['state']}" + (" (service mode)" if s.get("service_mode") else ""),
+        f"credit     {cents(s['credit_cents'])}",
+    ]
+    if "uptime_s" in s:
+        lines.append(f"uptime     {_duration(s['uptime_s'])}")
+    lines.append(f"ledger     {s['ledger']}")
+    identity = s["acceptor"].get("identity") or {}
+    if identity:
+        lines.append(f"acceptor   {_identity(identity)}")
+    if s["faults"]:
+        lines.append("faults")
+        for f in s["faults"]:
+            lines.append(f"  {f['device']}:{f['code']}  since {f['since']}  {f['detail']}".rstrip())
+    else:
+        lines.append("faults     none")
+    return "\n".join(lines)
+
+
+def coins_text(c: dict[str, Any]) -> str:
+    lines = []
+    if c.get("identity"):
+        lines.append(f"acceptor   {_identity(c['identity'])}")
+    lines.append(f"driver     {c['driver'] or '?'}")
+    if c["running"]:
+        lines.append(f"accepting  {'yes' if c['accepting'] else 'no (inhibited)'}")
+    else:
+        lines.append("daemon     not running (the acceptor is told at the next start)")
+    on = set(c["enabled_cents"])
+    lines.append(
+        "coins      " + "  ".join(f"{v} c {'on' if v in on else 'off'}" for v in c["coins_cents"])
+    )
+    return "\n".join(lines)
+
+
+def _identity(identity: dict[str, str]) -> str:
+    parts = [identity.get(k, "") for k in ("manufacturer", "product")]
+    text = " ".join(p for p in parts if p) or "?"
+    if identity.get("serial"):
+        text += f", serial {identity['serial']}"
+    if identity.get("software"):
+        text += f", software {identity['software']}"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (f"{days} d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+def telemetry_text(t: dict[str, Any]) -> str:
+    if not t["running"]:
+        link = "daemon not running"
+    elif not t["enabled"]:
+        link = "off ([mqtt] has no host or socket): events wait in the outbox"
+    else:
+        link = "connected" if t["connected"] else "not connected (retrying)"
+    lines = [f"telemetry  {link}"]
+    if t.get("broker"):
+        lines.append(f"broker     {t['broker']}")
+    backlog = t["backlog"]
+    age = backlog["oldest_unsent_age_s"]
+    waiting = f"{backlog['unsent']} event(s) unsent"
+    if age is not None:
+        waiting += f", the oldest {age:.0f} s old"
+    lines.append(f"outbox     {waiting} (last seq {backlog['last_seq']})")
+    if t.get("last_error"):
+        lines.append(f"last error {t['last_error']}")
+    for fault in t.get("faults", []):
+        lines.append(f"fault      telemetry:{fault}")
+    return "\n".join(lines)
