@@ -65,8 +65,10 @@ def _say(args: argparse.Namespace, how: str) -> None:
         print(f"kiosk: {how}", file=sys.stderr)
 
 
-def _report(args: argparse.Namespace, read: Callable[[Database, Target], Any]) -> Any:
-    where = target(args)
+def _report(
+    args: argparse.Namespace, read: Callable[[Database, Target], Any], where: Target | None = None
+) -> Any:
+    where = where or target(args)
     if not where.ledger.exists():
         raise KioskError(f"ledger {where.ledger} does not exist")
     pid = where.daemon_pid()
@@ -127,13 +129,26 @@ def _offline_coins(where: Target, meta: Callable[[str], str | None]) -> dict[str
     }
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _ask(
+    args: argparse.Namespace, name: str, offline: Callable[[Database, Target], dict[str, Any]]
+) -> dict[str, Any]:
+    """What the daemon says of itself (`name`) when it runs, else what the ledger holds."""
     where = target(args)
-    if where.daemon_pid() is not None:
-        status, how = client.submit(where, requests.check("status", {}))
-        _say(args, how)
-    else:
-        status = _report(args, _offline_status)
+    if where.daemon_pid() is None:
+        answer: dict[str, Any] = _report(args, offline, where)
+        return answer
+    answer, how = client.submit(where, requests.check(name, {}))
+    _say(args, how)
+    return answer
+
+
+def _section(where: Target, name: str) -> Any:
+    """A section of the profile, or its defaults when only --db named the ledger."""
+    return getattr(where.config, name) if where.config else config_mod.SECTIONS[name]()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _ask(args, "status", _offline_status)
     return _print(args, status, lambda: tables.status_text(status))
 
 
@@ -150,22 +165,12 @@ def cmd_coins(args: argparse.Namespace) -> int:
             value_cents=value,
             enabled=enabled,
         )
-    where = target(args)
-    if where.daemon_pid() is not None:
-        coins, how = client.submit(where, requests.check("coins", {}))
-        _say(args, how)
-    else:
-        coins = _report(args, _offline_status)["acceptor"]
+    coins = _ask(args, "coins", lambda db, where: _offline_status(db, where)["acceptor"])
     return _print(args, coins, lambda: tables.coins_text(coins))
 
 
 def cmd_telemetry(args: argparse.Namespace) -> int:
-    where = target(args)
-    if where.daemon_pid() is not None:
-        link, how = client.submit(where, requests.check("telemetry", {}))
-        _say(args, how)
-    else:
-        link = _report(args, _offline_telemetry)
+    link = _ask(args, "telemetry", _offline_telemetry)
     return _print(args, link, lambda: tables.telemetry_text(link))
 
 
@@ -262,11 +267,7 @@ def cmd_test_vend(args: argparse.Namespace) -> int:
 
 
 def cmd_cashbox(args: argparse.Namespace) -> int:
-    def read(db: Database, where: Target) -> figures.Cashbox:
-        section = where.config.cashbox if where.config else config_mod.CashboxSection()
-        return figures.cashbox(db, section)
-
-    box = _report(args, read)
+    box = _report(args, lambda db, where: figures.cashbox(db, _section(where, "cashbox")))
     return _print(args, box.as_json(), lambda: tables.cashbox_text(box))
 
 
@@ -306,11 +307,7 @@ def _day(text: str | None, what: str) -> date | None:
 
 
 def cmd_impact(args: argparse.Namespace) -> int:
-    def read(db: Database, where: Target) -> figures.Impact:
-        section = where.config.impact if where.config else config_mod.ImpactSection()
-        return figures.impact(db, section)
-
-    impact = _report(args, read)
+    impact = _report(args, lambda db, where: figures.impact(db, _section(where, "impact")))
     return _print(args, impact.as_json(), lambda: tables.impact_text(impact))
 
 
@@ -362,12 +359,12 @@ def cmd_faults(args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     if args.lines < 1:
         raise Refused("-n: must be 1 or more")
-    rows = _report(args, lambda db, where: figures.events(db, args.lines))
+    where = target(args)
+    rows = _report(args, lambda db, _: figures.events(db, args.lines), where)
     _show_events(args, rows)
     if not args.follow:
         return 0
     last = rows[-1].id if rows else 0
-    where = target(args)
     while True:
         sys.stdout.flush()
         time.sleep(FOLLOW_POLL_S)

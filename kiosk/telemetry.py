@@ -165,8 +165,12 @@ class Telemetry:
         assert self._client is not None
         client = self._client
         m = self.mqtt
-        marks = outbox.Marks(self.ledger, self._ledger_id())
         reader = outbox.Reader(self.ledger)
+        try:
+            marks = outbox.Marks(self.ledger, reader.ledger_id())
+        except BaseException:
+            reader.close()
+            raise
         link = _Link(marks)
         try:
             limits = Properties(PacketTypes.CONNECT)
@@ -185,10 +189,6 @@ class Telemetry:
             client.loop_stop()
             reader.close()
             marks.close()
-
-    def _ledger_id(self) -> str:
-        with outbox.reading(self.ledger) as reader:
-            return reader.ledger_id()
 
     def _take(self, link: _Link, reader: outbox.Reader) -> None:
         """What happened since the last turn (waiting up to POLL_S for the first thing)."""
