@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,8 +43,9 @@ class Row:
 
     def message_json(self, kiosk_id: str, *, historical: bool) -> str:
         """message() as JSON, the stored body spliced in as it is (not parsed and written
-        again: a backlog of thousands drains at the broker's pace, not the encoder's)."""
-        envelope = json.dumps(self.envelope(kiosk_id, historical=historical), ensure_ascii=False)
+        again: a backlog of thousands drains at the broker's pace, not the encoder's). The
+        envelope is ASCII (ids, a timestamp, a kind), so json's shared default encoder does."""
+        envelope = json.dumps(self.envelope(kiosk_id, historical=historical))
         return envelope if self.body_json == "{}" else f"{envelope[:-1]}, {self.body_json[1:]}"
 
     def envelope(self, kiosk_id: str, *, historical: bool) -> dict[str, Any]:
@@ -89,6 +91,7 @@ class Marks:
         self.watermark = int(self.db.execute("SELECT seq FROM watermark").fetchone()[0])
         self.above = {int(s) for (s,) in self.db.execute("SELECT seq FROM acked")}
         self._dirty = False
+        self.flushed_at = time.monotonic()
 
     def _open(self, ledger_id: str) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
@@ -135,6 +138,7 @@ class Marks:
     def flush(self) -> None:
         """The acknowledgements since the last flush, in one transaction (a PUBACK each would
         be a commit each)."""
+        self.flushed_at = time.monotonic()
         if not self._dirty:
             return
         with self.db:

@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,8 @@ from kiosk.requests import Request
 log = logging.getLogger(__name__)
 
 WINDOW = 10  # outbox rows in flight at once
+READ_AHEAD = 100  # outbox rows read at once (a backlog costs a query per hundred, not per row)
+FLUSH_S = 1.0  # while rows are in flight, their marks are written at most this often
 POLL_S = 0.25  # how often the outbox is looked at when nothing wakes the publisher
 SNAPSHOT_MIN_S = 1.0  # retained topics are rebuilt at most this often
 SNAPSHOT_MAX_S = 60.0  # and at least this often (the cash box fills with every coin)
@@ -68,7 +71,7 @@ class Telemetry:
         self.ledger = str(ledger)
         self._submit = submit  # the core's queue: Commands and the telemetry fault
         self.base = f"{self.mqtt.prefix}/{config.kiosk.id}"
-        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()  # C, no locks of ours
         self._stop = threading.Event()
         self._core_state: dict[str, Any] = {}
         self._refresh = threading.Event()
@@ -180,7 +183,8 @@ class Telemetry:
             client.loop_start()
             while not self._stop.is_set():
                 self._take(link, reader)
-                marks.flush()
+                if not link.inflight or time.monotonic() - marks.flushed_at >= FLUSH_S:
+                    marks.flush()  # at once when all is acknowledged; a lost mark is a duplicate
                 if self._connected:
                     self._send_rows(link, reader)
                     self._send_snapshots(link, reader)
@@ -277,8 +281,9 @@ class Telemetry:
 
     def _send_snapshots(self, link: _Link, reader: outbox.Reader) -> None:
         now = time.monotonic()
-        if now - link.snapshot_at < SNAPSHOT_MIN_S and not self._refresh.is_set():
+        if now - link.looked_at < SNAPSHOT_MIN_S and not self._refresh.is_set():
             return  # looked at most once a second
+        link.looked_at = now
         changed = link.last_seq_seen != reader.last_seq() or link.state_seen != self._core_state
         due = now - link.snapshot_at >= (SNAPSHOT_MIN_S if changed else SNAPSHOT_MAX_S)
         if not (due or self._refresh.is_set()):
@@ -392,16 +397,18 @@ class _Link:
         self.topics: dict[int, str] = {}  # mid -> retained topic in flight
         self.refused_topics: set[str] = set()
         self.cursor = marks.watermark  # the last seq handed to paho on this connection
+        self.ahead: deque[outbox.Row] = deque()  # rows read after the cursor, in seq order
         self.live_after = 0  # rows up to this seq were recorded before the connection
         self.retry: dict[int, tuple[float, float]] = {}  # seq -> (when, delay)
         self.published: dict[str, Any] = {}
-        self.snapshot_at = 0.0
+        self.snapshot_at = 0.0  # retained topics last rebuilt
+        self.looked_at = 0.0  # and last looked at
         self.last_seq_seen = -1
         self.state_seen: dict[str, Any] = {}
 
     def connected(self, last_seq: int) -> None:
         self.inflight.clear()
-        self.cursor = self.marks.watermark
+        self.rewind(self.marks.watermark)
         self.live_after = last_seq
         self.retry = {seq: (0.0, delay) for seq, (_, delay) in self.retry.items()}
 
@@ -414,7 +421,11 @@ class _Link:
         if seq in self.retry:
             self.retry[seq] = (0.0, self.retry[seq][1])
         else:
-            self.cursor = min(self.cursor, seq - 1)
+            self.rewind(min(self.cursor, seq - 1))
+
+    def rewind(self, cursor: int) -> None:
+        self.cursor = cursor
+        self.ahead.clear()
 
     def due(self, reader: outbox.Reader, room: int) -> list[outbox.Row]:
         """Rows to send now: refused ones whose delay is over, then new ones in seq order."""
@@ -424,13 +435,14 @@ class _Link:
         for seq in waiting[:room]:
             rows += reader.after(seq - 1, 1)
         while len(rows) < room:
-            batch = reader.after(self.cursor, room - len(rows))
-            if not batch:
-                break
-            for row in batch:
-                self.cursor = row.seq
-                if not self.marks.done(row.seq) and row.seq not in self.retry:
-                    rows.append(row)
+            if not self.ahead:
+                self.ahead.extend(reader.after(self.cursor, READ_AHEAD))
+                if not self.ahead:
+                    break
+            row = self.ahead.popleft()
+            self.cursor = row.seq
+            if not self.marks.done(row.seq) and row.seq not in self.retry:
+                rows.append(row)
         return rows
 
     def sent(self, mid: int, seq: int) -> None:

@@ -163,21 +163,27 @@ def write_backlog(config: config_mod.Config, path: Path, events: int) -> list[tu
 
 
 def kiosk_drain(config: config_mod.Config, ledger: Path, last_seq: int, timeout_s: float) -> float:
-    """Seconds from starting Telemetry to every row up to `last_seq` marked acknowledged (the
-    marks as written, read the way `kiosk telemetry` reads them)."""
+    """Seconds from starting Telemetry to the PUBACK of its `last_seq`-th row (as the bare loop
+    is timed to its last PUBACK), watched through its counter, which costs the publisher
+    nothing; then, stopped, every row up to `last_seq` must be marked sent, the marks read the
+    way `kiosk telemetry` reads them."""
     submitted: queue.Queue[Any] = queue.Queue()  # the core's queue: a fault would land here
     telemetry = Telemetry(config, ledger, submitted.put)
     started = time.perf_counter()
     telemetry.start()
     try:
-        while outbox.sent_up_to(ledger) < last_seq:
+        while telemetry.status()["sent"] < last_seq:
             if time.perf_counter() - started > timeout_s:
                 status = telemetry.status()
                 raise TimeoutError(f"outbox not drained in {timeout_s} s: {status}")
             time.sleep(WATCH_S)
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
     finally:
         telemetry.close()
+    marked = outbox.sent_up_to(ledger)
+    if marked != last_seq:
+        raise RuntimeError(f"{last_seq} rows acknowledged but marks up to {marked} written")
+    return elapsed
 
 
 def timed(run: Callable[[], float]) -> tuple[float, float]:

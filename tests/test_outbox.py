@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scenarios import buy, pay, service_visit
 
-from kiosk import outbox, snapshots
+from kiosk import outbox, snapshots, telemetry
 from kiosk.errors import Refused
 from kiosk.ledger import Actor, Ledger
 from kiosk.requests import Request
@@ -102,6 +102,34 @@ def test_marks_keep_a_watermark_over_acks_out_of_order(tmp_path: Path) -> None:
     damaged = outbox.Marks(tmp_path / "k.db", "L2")  # set aside: everything sent again
     assert damaged.watermark == 0
     damaged.close()
+
+
+def test_the_publisher_reads_ahead_and_sends_each_row_once(books: Ledger) -> None:
+    """Rows read a hundred at a time are handed out in seq order, a window at a time; a row
+    paho could not take rewinds the cursor (read again), a refused row comes back after its
+    delay, and rows written meanwhile follow on."""
+    for n in range(telemetry.READ_AHEAD + 30):
+        books.set_service_mode(n % 2 == 0, BY)  # one outbox row each
+    ledger_id = outbox.ledger_id(books.db)
+    assert ledger_id is not None
+    marks = outbox.Marks(books.path, ledger_id)
+    link = telemetry._Link(marks)
+    handed: list[int] = []
+    with outbox.reading(books.path) as reader:
+        first = [row.seq for row in link.due(reader, 7)]
+        assert first == list(range(1, 8))
+        link.not_sent(5)  # paho's queue was full from seq 5 on
+        link.refused(3)  # and the broker refused seq 3: not before its delay
+        handed += [1, 2, 4]
+        while rows := link.due(reader, 7):
+            handed += [row.seq for row in rows]
+            if len(handed) == telemetry.READ_AHEAD:
+                books.set_service_mode(True, BY)  # written while the backlog drains
+        link.retry[3] = (0.0, link.retry[3][1])  # its delay is over
+        handed += [row.seq for row in link.due(reader, 7)]
+    last = books.db.execute("SELECT max(seq) FROM outbox").fetchone()[0]
+    assert sorted(handed) == list(range(1, last + 1)) and handed[-1] == 3
+    marks.close()
 
 
 def test_only_sent_rows_are_pruned(books: Ledger, tmp_path: Path) -> None:
