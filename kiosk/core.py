@@ -47,6 +47,7 @@ from kiosk.screen import Screen, View
 from kiosk.service import Desk
 
 if TYPE_CHECKING:
+    from kiosk.notify import Notifier
     from kiosk.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ STORAGE_RETRY_S = 1.0
 RETRY = "storage_retry"
 PRUNE = "outbox_prune"
 PRUNE_EVERY_S = 24 * 3600.0
+KEEPALIVE = "watchdog"
 ACCEPTOR = "coin_acceptor"
 STORAGE = ("kiosk", "storage")
 INTERNAL = ("kiosk", "internal_error")
@@ -103,6 +105,7 @@ class Controller:
         self.identity: dict[str, str] = {}  # the coin acceptor's, as it last reported
         self.coins_saved = 0  # coins ever taken here: the idle screen says so
         self.telemetry: Telemetry | None = None  # told of each change of state; never waited on
+        self.notifier: Notifier | None = None  # systemd's watchdog, kept alive from this loop
 
     @property
     def state(self) -> State:
@@ -217,6 +220,8 @@ class Controller:
             self._retry_storage(now)
         if self.deadlines.take(PRUNE, now):
             self._prune(now)
+        if self.deadlines.take(KEEPALIVE, now):
+            self._keepalive(now)
         if self.screen.expire(now):
             self._show_state()
         if self.credit.counting_down:
@@ -236,6 +241,26 @@ class Controller:
         """Telemetry from now on, told the state at once."""
         self.telemetry = telemetry
         self._show_state()
+
+    def watch(self, notifier: Notifier) -> None:
+        """systemd's watchdog kept alive from this loop from now on (when it has one)."""
+        self.notifier = notifier
+        if notifier.keepalive_s is not None:
+            self.deadlines.set(KEEPALIVE, self.clock.monotonic(), background=True)
+
+    def _keepalive(self, now: float) -> None:
+        """A keep-alive only while healthy: the loop turned (it is this call, on time or late)
+        and the ledger takes writes; else the status says why, and systemd restarts the
+        daemon once the watchdog's time is up."""
+        assert self.notifier is not None and self.notifier.keepalive_s is not None
+        self.deadlines.set(KEEPALIVE, now + self.notifier.keepalive_s, background=True)
+        faults = ", ".join(f"{d}:{c}" for d, c in sorted(self.model.faults)) or "none"
+        status = f"{self.state}, {self.credit_cents} c of credit, faults: {faults}"
+        if self._storage_error is not None:
+            since, what = self._storage_error
+            self.notifier.status(f"unhealthy: the ledger refuses writes since {since} ({what})")
+        else:
+            self.notifier.alive(status)
 
     # --- storage -----------------------------------------------------------------------------
 

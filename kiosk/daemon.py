@@ -4,7 +4,8 @@ the control socket the technician's commands reach it through.
 The only place that configures logging handlers. SIGTERM, SIGINT and SIGHUP put a Shutdown on the
 core's queue; the core stops (after a vend in progress), and the hardware is left in its safe
 state (motors off, coins inhibited, tried even if the acceptor was lost). SIGUSR1 and SIGUSR2,
-which would otherwise kill the process with coins enabled, log a status line instead.
+which would otherwise kill the process with coins enabled, log a status line instead. Under
+systemd (`Type=notify`) it says READY once started, and the core keeps the watchdog alive.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kiosk.events import Shutdown
 from kiosk.hardware import build_hardware
 from kiosk.ledger import Ledger
 from kiosk.lock import LedgerLock
+from kiosk.notify import Notifier
 from kiosk.pins import pin_factory
 
 log = logging.getLogger(__name__)
@@ -78,13 +80,17 @@ def _run(config: Config, pins: Any) -> int:
 
         telemetry = Telemetry(config, config.ledger.path, events.put)
         controller.attach(telemetry)
+    notifier = Notifier()
+    controller.watch(notifier)
     try:
         controller.start()
         control.start()
         if telemetry is not None:
             telemetry.start()
+        notifier.ready(f"{config.kiosk.id} started, {controller.state}")
         controller.run()
     finally:
+        notifier.stopping()
         control.close()  # no request is taken once the core stops
         if telemetry is not None:
             telemetry.close()  # `offline`, acknowledged, then the connection closed

@@ -22,7 +22,7 @@ from sim.rig import SimKiosk
 from sim.world import SimFactory
 
 # The Mosquitto fixtures: broker, persistent_broker, acl_broker, make_broker (tests/broker.py).
-pytest_plugins = ["broker"]
+pytest_plugins = ["broker", "daemons"]
 
 
 @pytest.fixture

@@ -6,20 +6,16 @@ same acceptor is refused."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from broker import Broker, Subscriber
+from daemons import Daemons, profile
 
 from kiosk import cli
-from kiosk.config import CONFIG_DIR
 from sim.cctalk_device import SimCcTalkAcceptor
 
 TIMEOUT_S = 20.0
@@ -44,59 +40,6 @@ def query(db: Path, sql: str) -> int:
 
 def ledger_cents(db: Path) -> int:
     return query(db, "SELECT coalesce(sum(value_cents), 0) FROM coins")
-
-
-def profile(tmp_path: Path, port: str, db: Path, name: str = "bench.toml") -> Path:
-    text = (CONFIG_DIR / "cctalk-bench.toml").read_text()
-    path = tmp_path / name
-    path.write_text(
-        text.replace('port = "/dev/ttyUSB0"', f'port = "{port}"').replace(
-            'path = "bench.db"', f'path = "{db}"'
-        )
-    )
-    return path
-
-
-def run(config: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "kiosk.cli", "run", "-c", str(config)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-class Daemons:
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[str]] = []
-
-    def __call__(self, config: Path) -> subprocess.Popen[str]:
-        self.started.append(run(config))
-        return self.started[-1]
-
-    def stop(self, daemon: subprocess.Popen[str], signum: int = signal.SIGTERM) -> str:
-        daemon.send_signal(signum)
-        output, _ = daemon.communicate(timeout=TIMEOUT_S)
-        return output
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    made = Daemons()
-    yield made
-    for daemon in made.started:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.communicate()
-
-
-@pytest.fixture
-def device() -> Iterator[SimCcTalkAcceptor]:
-    acceptor = SimCcTalkAcceptor(echo=False)
-    yield acceptor
-    acceptor.close()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])

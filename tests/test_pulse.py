@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from drivers.base import CoinAccepted, CoinRejected, DeviceError, DeviceFault, DeviceReady
 from drivers.pulse import PulseCoinAcceptor, PulseDecoder, PulseSettings, Train
+from kiosk import config as config_mod
 from sim.clock import SimClock
 from sim.world import PulseCoinMech, SimFactory, Truth
 
@@ -412,6 +413,27 @@ def test_close_asserts_the_inhibit_releases_the_pins_and_is_idempotent(
     for pin in (17, 27):  # free again: a device can claim them
         assert factory.gpio(pin).function == "input"
         DigitalInputDevice(pin, pin_factory=factory).close()
+
+
+@pytest.mark.parametrize("profile", ["pi-pulse.toml", "sim-pulse.toml"])
+def test_the_pulse_profiles_wire_the_inhibit_fail_safe(
+    profile: str, clock: SimClock, factory: SimFactory, events: queue.Queue[Any]
+) -> None:
+    """Coins are taken only while the kiosk drives the inhibit line high: a line at rest (a Pi
+    off or rebooting; pins released, pulled low) leaves the acceptor refusing every coin."""
+    settings = config_mod.load(config_mod.CONFIG_DIR / profile, env={}).coin_acceptor.settings
+    assert isinstance(settings, PulseSettings) and settings.inhibit_pin is not None
+    line = factory.gpio(settings.inhibit_pin)
+    mech = PulseCoinMech(settings, factory, clock, Truth())
+    assert not line.state and mech.inhibited  # before the kiosk starts
+    with PulseCoinAcceptor(settings, COINS, clock, events.put, factory) as device:
+        device.start()
+        assert not line.state and mech.inhibited  # started, not yet accepting
+        device.set_accepting(True)
+        assert line.state and not mech.inhibited
+        assert mech.insert(5)
+    assert line.function == "input" and not line.state  # released at the stop
+    assert mech.inhibited and not mech.insert(1)
 
 
 def test_a_pin_in_use_is_a_device_error_and_frees_the_others(
