@@ -163,16 +163,16 @@ def write_backlog(config: config_mod.Config, path: Path, events: int) -> list[tu
 
 
 def kiosk_drain(config: config_mod.Config, ledger: Path, last_seq: int, timeout_s: float) -> float:
-    """Seconds from starting Telemetry to the PUBACK of its `last_seq`-th row (as the bare loop
-    is timed to its last PUBACK), watched through its counter, which costs the publisher
-    nothing; then, stopped, every row up to `last_seq` must be marked sent, the marks read the
-    way `kiosk telemetry` reads them."""
+    """Seconds from starting Telemetry to the PUBACK that completes every row up to `last_seq`
+    (as the bare loop is timed to its last PUBACK), watched in memory, which costs the publisher
+    nothing; then, stopped, those rows must be marked sent, the marks read the way
+    `kiosk telemetry` reads them."""
     submitted: queue.Queue[Any] = queue.Queue()  # the core's queue: a fault would land here
     telemetry = Telemetry(config, ledger, submitted.put)
     started = time.perf_counter()
     telemetry.start()
     try:
-        while telemetry.status()["sent"] < last_seq:
+        while telemetry.status()["acked_up_to"] < last_seq:
             if time.perf_counter() - started > timeout_s:
                 status = telemetry.status()
                 raise TimeoutError(f"outbox not drained in {timeout_s} s: {status}")
@@ -242,8 +242,8 @@ class SaleTimer:
             self.handle(event)
             return
         on = self.telemetry is not None
-        if on:
-            caught_up(self.rig, timeout_s=5.0)
+        if self.telemetry is not None:
+            caught_up(self.rig, self.telemetry, timeout_s=5.0)
         time.sleep(VEND_GAP_S)
         started, cpu = time.perf_counter(), time.thread_time()
         try:
@@ -264,10 +264,10 @@ def last_seq(rig: SimKiosk) -> int:
     return int(rig.ledger.db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
 
 
-def caught_up(rig: SimKiosk, timeout_s: float) -> None:
+def caught_up(rig: SimKiosk, telemetry: Telemetry, timeout_s: float) -> None:
     """Wait until the broker has acknowledged every outbox row written so far."""
     deadline, target = time.monotonic() + timeout_s, last_seq(rig)
-    while outbox.sent_up_to(rig.db_path) < target:
+    while telemetry.status()["acked_up_to"] < target:
         if time.monotonic() > deadline:
             raise TimeoutError(f"telemetry not caught up with seq {target} in {timeout_s} s")
         time.sleep(WATCH_S)
@@ -321,7 +321,7 @@ def publishing(rig: SimKiosk, timer: SaleTimer, on: bool) -> Iterator[None]:
         if telemetry is not None:
             telemetry.start()
             connected(telemetry, timeout_s=10.0)
-            caught_up(rig, timeout_s=10.0)
+            caught_up(rig, telemetry, timeout_s=10.0)
         rig.controller.telemetry = timer.telemetry = telemetry
         yield
     finally:
