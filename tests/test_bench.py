@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from payloads import validate_message
 
-from sim import bench
+from sim import bench, bench_mqtt
 
 MQTT_KEYS = {
     "cpu_count",
@@ -60,8 +60,8 @@ def test_the_table_names_the_machine(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_the_drain_backlog_holds_sales_as_the_kiosk_publishes_them(tmp_path: Path) -> None:
-    config = bench.config_mod.load(bench.config_mod.PULSE_PROFILE, env={})
-    messages = bench.write_backlog(config, tmp_path / "backlog.db", 4)
+    config = bench_mqtt.config_mod.load(bench_mqtt.config_mod.PULSE_PROFILE, env={})
+    messages = bench_mqtt.write_backlog(config, tmp_path / "backlog.db", 4)
     assert [json.loads(payload)["seq"] for _, payload in messages] == [1, 2, 3, 4]
     for topic, payload in messages:
         assert validate_message(topic, payload.encode())["kind"] == "sale"
