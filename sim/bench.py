@@ -1,18 +1,23 @@
-"""Benchmarks that print figures (they assert nothing): `python -m sim.bench cctalk|demo|mqtt`,
-a table, or with --json one object of the numbers.
+"""Benchmarks that print figures (they assert nothing): `python -m sim.bench [WHAT]`, a table,
+or with --json one object of the numbers. With no WHAT: `kiosk` and `mqtt`, with the machine.
 
 cctalk: the 229 poll round trip of the real driver against the simulated acceptor on a
 pseudo-terminal at 9600-baud timing, next to the wire time of the bytes exchanged (goal: within
 1.15 x), and the host's CPU time per poll (the driver's thread only, not the simulated device's).
 demo: the headless shopper simulation on the pulse profile, in simulated hours per second.
+kiosk: a coin's way to the ledger, the ledger under a stack of coins, the idle daemon and its
+start (sim/bench_kiosk.py).
 mqtt: telemetry against a private Mosquitto (sim/bench_mqtt.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
+import os
+import platform
 import queue
 import statistics
 import sys
@@ -26,12 +31,21 @@ from drivers.base import CoinAccepted
 from drivers.cctalk import CcTalkCoinAcceptor, CcTalkSettings
 from drivers.clock import SystemClock
 from kiosk import config as config_mod
-from sim import bench_mqtt
+from sim import bench_kiosk, bench_mqtt, mosquitto
 from sim.cctalk_device import SimCcTalkAcceptor
 from sim.rig import SimKiosk
 from sim.shoppers import simulate
 
 POLL_BYTES = 5 + 16  # the 229 request and its 11-data-byte reply; the echo rides on the request
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count() or 0,
+        "python": platform.python_version(),
+        "paho_mqtt": importlib.metadata.version("paho-mqtt"),
+        "mosquitto": mosquitto.version(),
+    }
 
 
 def bench_cctalk(polls: int, baud: int = 9600) -> dict[str, float]:
@@ -97,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("what", choices=["cctalk", "demo", "mqtt"])
+    parser.add_argument("what", nargs="?", choices=["all", "cctalk", "demo", "kiosk", "mqtt"])
     parser.add_argument("--polls", type=int, default=200, help="cctalk: polls to time")
     parser.add_argument("--shoppers", type=int, default=2000, help="demo: shoppers")
     parser.add_argument("--seed", type=int, default=7)
@@ -105,16 +119,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sales", type=positive, default=200, help="mqtt: sales timed with telemetry on, and off"
     )
+    parser.add_argument("--coins", type=positive, default=200, help="kiosk: coins timed")
+    parser.add_argument("--poll-ms", type=positive, default=150, help="kiosk: the 229 interval")
+    parser.add_argument("--idle-s", type=float, default=60.0, help="kiosk: idle time measured")
+    parser.add_argument("--starts", type=positive, default=5, help="kiosk: daemon starts timed")
     parser.add_argument("--json", action="store_true", help="one JSON object of the numbers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the figures only
     figures: dict[str, Any]
-    if args.what == "cctalk":
+    what = args.what or "all"
+    figures = {}
+    if what == "cctalk":
         figures = bench_cctalk(args.polls)
-    elif args.what == "demo":
+    elif what == "demo":
         figures = bench_demo(args.shoppers, args.seed)
-    else:
-        figures = bench_mqtt.bench_mqtt(args.events, args.sales)
+    if what in ("all", "kiosk"):
+        figures |= bench_kiosk.bench_coin_to_credit(args.coins, args.poll_ms, args.seed)
+        figures |= bench_kiosk.bench_stack(args.coins)
+        figures |= bench_kiosk.bench_idle(args.idle_s, args.poll_ms)
+        figures |= bench_kiosk.bench_startup(args.starts, args.poll_ms)
+    if what in ("all", "mqtt"):
+        figures |= bench_mqtt.bench_mqtt(args.events, args.sales)
+    if what in ("all", "kiosk", "mqtt"):
+        figures = machine() | figures
     if args.json:
         print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, str)}))
         return 0

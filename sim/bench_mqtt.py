@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import json
 import math
-import os
-import platform
 import queue
 import shutil
 import statistics
@@ -48,15 +45,6 @@ BLOCK = 5  # sales in a row with telemetry on, then as many off, and so on
 VEND_GAP_S = 0.02  # real time given back before each timed vend end (see SaleTimer)
 COIN_S = 2.5  # simulated: long enough for the longest pulse train (5 c) to be read
 VEND_S = 12.0  # simulated: a vend and its drop, with room to spare
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count() or 0,
-        "python": platform.python_version(),
-        "paho_mqtt": importlib.metadata.version("paho-mqtt"),
-        "mosquitto": mosquitto.version(),
-    }
 
 
 def mqtt_config(broker: mosquitto.Mosquitto, ledger: Path) -> config_mod.Config:
@@ -291,4 +279,4 @@ def bench_mqtt(events: int, sales: int) -> dict[str, Any]:
         with mosquitto.Mosquitto(tmp / "broker") as broker:
             drain = bench_drain(broker, events, tmp)
             latency = bench_sales(broker, sales, tmp)
-    return machine() | drain | latency
+    return drain | latency

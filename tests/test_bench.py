@@ -67,6 +67,29 @@ def test_the_drain_backlog_holds_sales_as_the_kiosk_publishes_them(tmp_path: Pat
         assert validate_message(topic, payload.encode())["kind"] == "sale"
 
 
+KIOSK_KEYS = {
+    "coin_to_credit_p50_ms",
+    "coin_to_credit_p99_ms",
+    "poll_interval_ms",
+    "stack_coins_per_s",
+    "ledger_commit_ratio",
+    "idle_cpu_ratio",
+    "idle_rss_mb",
+    "startup_s",
+    "import_gpiozero_ms",
+}
+
+
+def test_the_kiosk_benchmark_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ("kiosk", "--coins", "4", "--idle-s", "0.3", "--starts", "1", "--json")
+    figures = json.loads(run(capsys, *argv))
+    assert set(figures) >= KIOSK_KEYS
+    assert all(isinstance(v, int | float) and not isinstance(v, bool) for v in figures.values())
+    assert figures["coins"] == 4 and figures["poll_interval_ms"] == 150
+    assert 0 < figures["coin_to_credit_p50_ms"] <= figures["coin_to_credit_p99_ms"]
+    assert figures["stack_coins_per_s"] > 0 and figures["startup_s"] > 0
+
+
 @pytest.mark.parametrize(
     ("argv", "key"),
     [
