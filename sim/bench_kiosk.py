@@ -35,6 +35,7 @@ from typing import Any
 from drivers.base import CoinAccepted
 from drivers.cctalk_codec import Checksum, Frame, encode
 from kiosk import config as config_mod
+from sim.bench_mqtt import percentile
 from sim.cctalk_device import SimCcTalkAcceptor
 from sim.rig import SimKiosk
 
@@ -121,11 +122,6 @@ def cpu_s(pid: int) -> float:
 def rss_mb(pid: int) -> float:
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return pages * PAGE_KB / 1024
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered)) - 1))]
 
 
 # --- a coin's way to the ledger -------------------------------------------------------------
