@@ -43,6 +43,11 @@ from kiosk.ledger_base import Actor, iso
 from kiosk.requests import Request
 
 log = logging.getLogger(__name__)
+paho_log = logging.getLogger(f"{__name__}.paho")
+# paho 2.2 logs this at ERROR when its network thread turns once more after disconnect() closed
+# the socket from another thread, as a clean stop does; a connection that fails is told apart by
+# on_connect and on_disconnect, which the publisher logs itself.
+paho_log.addFilter(lambda record: not record.getMessage().startswith("Client is not connected"))
 
 WINDOW = 10  # outbox rows in flight at once
 READ_AHEAD = 100  # outbox rows read at once (a backlog costs a query per hundred, not per row)
@@ -133,7 +138,7 @@ class Telemetry:
             protocol=mqtt.MQTTv5,
             transport="unix" if m.socket else "tcp",
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.enable_logger(paho_log)
         client.will_set(f"{self.base}/status", "offline", qos=1, retain=True)
         if m.password_file is not None:
             try:

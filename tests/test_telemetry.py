@@ -7,6 +7,7 @@ example ACL refusing a kiosk that publishes as another."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -312,3 +313,22 @@ def test_kiosk_telemetry_shows_the_backlog(
     assert shown["backlog"]["oldest_unsent_age_s"] is not None
     assert cli.main(["telemetry", "-c", str(profile), "--db", str(db)]) == 0
     assert f"{shown['backlog']['unsent']} event(s) unsent" in capsys.readouterr().out
+
+
+def test_a_clean_stop_logs_no_error(
+    config: Config, tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped while connected, again and again: `offline` said, nothing logged as an error
+    (paho's network thread turning once more after the socket closed is not one)."""
+    kiosk = Watched(config, tmp_path / "k.db", broker)
+    try:
+        for round_ in range(2, 5):
+            kiosk.telemetry.close()
+            kiosk.telemetry = Telemetry(kiosk.config, tmp_path / "k.db", kiosk.rig.events.put)
+            kiosk.telemetry.start()
+            kiosk.until(lambda seen, n=round_: [m.payload for m in seen].count(b"online") >= n)
+    finally:
+        kiosk.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    status = [m.payload for m in kiosk.dashboard.messages if m.topic.endswith("/status")]
+    assert status.count(b"offline") >= 3
