@@ -98,8 +98,10 @@ class Telemetry:
         self._thread.start()
 
     def state_changed(self, state: dict[str, Any]) -> None:
-        """The core's last state; never blocks."""
-        self._core_state = state  # looked at within POLL_S
+        """The core's last state, after a change that may have written outbox rows (a sale,
+        a fault): the publisher looks at once. Never blocks."""
+        self._core_state = state
+        self._inbox.put(("wake",))
 
     def refresh(self) -> None:
         """Publish every retained topic again (the `refresh` command)."""

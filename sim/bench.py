@@ -1,5 +1,6 @@
 """Benchmarks that print figures (they assert nothing): `python -m sim.bench [WHAT]`, a table,
-or with --json one object of the numbers. With no WHAT: `kiosk` and `mqtt`, with the machine.
+or with --json one object of the numbers. With no WHAT: `kiosk`, `mqtt` and `fleet`, with the
+machine.
 
 cctalk: the 229 poll round trip of the real driver against the simulated acceptor on a
 pseudo-terminal at 9600-baud timing, next to the wire time of the bytes exchanged (goal: within
@@ -8,6 +9,7 @@ demo: the headless shopper simulation on the pulse profile, in simulated hours p
 kiosk: a coin's way to the ledger, the ledger under a stack of coins, the idle daemon and its
 start (sim/bench_kiosk.py).
 mqtt: telemetry against a private Mosquitto (sim/bench_mqtt.py).
+fleet: many kiosks publishing to one broker (sim/bench_fleet.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from drivers.base import CoinAccepted
 from drivers.cctalk import CcTalkCoinAcceptor, CcTalkSettings
 from drivers.clock import SystemClock
 from kiosk import config as config_mod
-from sim import bench_kiosk, bench_mqtt, mosquitto
+from sim import bench_fleet, bench_kiosk, bench_mqtt, mosquitto
 from sim.cctalk_device import SimCcTalkAcceptor
 from sim.rig import SimKiosk
 from sim.shoppers import simulate
@@ -111,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("what", nargs="?", choices=["all", "cctalk", "demo", "kiosk", "mqtt"])
+    choices = ["all", "cctalk", "demo", "kiosk", "mqtt", "fleet"]
+    parser.add_argument("what", nargs="?", choices=choices)
     parser.add_argument("--polls", type=int, default=200, help="cctalk: polls to time")
     parser.add_argument("--shoppers", type=int, default=2000, help="demo: shoppers")
     parser.add_argument("--seed", type=int, default=7)
@@ -123,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--poll-ms", type=positive, default=150, help="kiosk: the 229 interval")
     parser.add_argument("--idle-s", type=float, default=60.0, help="kiosk: idle time measured")
     parser.add_argument("--starts", type=positive, default=5, help="kiosk: daemon starts timed")
+    parser.add_argument("--kiosks", type=positive, default=200, help="fleet: kiosks")
+    parser.add_argument("--processes", type=positive, default=4, help="fleet: processes")
+    parser.add_argument("--fleet-s", type=float, default=60.0, help="fleet: seconds of sales")
     parser.add_argument("--json", action="store_true", help="one JSON object of the numbers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the figures only
@@ -140,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures |= bench_kiosk.bench_startup(args.starts, args.poll_ms)
     if what in ("all", "mqtt"):
         figures |= bench_mqtt.bench_mqtt(args.events, args.sales)
-    if what in ("all", "kiosk", "mqtt"):
+    if what in ("all", "fleet"):
+        figures |= bench_fleet.bench_fleet(args.kiosks, args.processes, args.fleet_s, args.seed)
+    if what in ("all", "kiosk", "mqtt", "fleet"):
         figures = machine() | figures
     if args.json:
         print(json.dumps({k: v for k, v in figures.items() if not isinstance(v, str)}))

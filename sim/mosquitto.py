@@ -92,6 +92,12 @@ class Mosquitto:
             time.sleep(POLL_S)
         return self
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise BrokerError("mosquitto is not running")
+        return self._process.pid
+
     def _ready(self) -> bool:
         # "running" is logged once the listener is open: a connection after it reaches this
         # broker, not whatever else may have taken the free port meanwhile.
