@@ -13,11 +13,15 @@ loses, refuses and damages replies, whole documents and whole request lines.
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import example, given, settings
+import pytest
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from drivers.base import (
@@ -28,7 +32,16 @@ from drivers.base import (
 )
 from drivers.cctalk_codec import BUSY, HOST, NAK, Checksum, Frame, FrameParser, decode, encode
 from drivers.cctalk_session import CcTalkSession, Command, drive, new_events
-from drivers.cctalk_transport import NoReply, Refused
+from drivers.cctalk_transport import NoReply
+from drivers.cctalk_transport import Refused as DeviceRefused
+from kiosk import config as config_mod
+from kiosk import requests, snapshots
+from kiosk.errors import Refused
+from kiosk.events import Command as KioskCommand
+from kiosk.ledger_base import Actor
+from kiosk.machine import State
+from sim.live import LiveKiosk
+from sim.rig import SimKiosk
 
 QUICK = settings(max_examples=150, deadline=None)
 SLOW = settings(max_examples=25, deadline=None)  # a socket, a ledger, a simulated kiosk
@@ -202,7 +215,7 @@ class Acceptor:
     """A coin acceptor at address 2 whose every event is known, behind a line that loses,
     refuses and damages replies. The line does what the serial transport promises: a reply is
     a frame from address 2 with header 0 and one of the lengths the command allows, else
-    NoReply or Refused."""
+    NoReply or DeviceRefused."""
 
     mode: Checksum
     counter: int = 0
@@ -256,7 +269,7 @@ class Acceptor:
         if reply is None:
             raise NoReply(f"header {command.header}: no valid reply")
         if reply.header in (NAK, BUSY):
-            raise Refused(f"header {command.header}: refused")
+            raise DeviceRefused(f"header {command.header}: refused")
         if reply.header != 0:
             raise NoReply(f"header {command.header}: reply header {reply.header}")
         if command.lengths is not None and len(reply.data) not in command.lengths:
@@ -386,3 +399,327 @@ def test_a_reset_then_as_many_events_as_before_is_a_reset_not_nothing() -> None:
     assert [type(e) for e in events] == [DeviceNotice, CoinAccepted]
     assert events[0].code == "reset" and events[1].value_cents == 2
     assert run_step(s, device.answer, 2.0) == []  # read again: nothing twice
+
+
+def buffers(last: int) -> st.SearchStrategy[bytes]:
+    """229 replies of no device at all: counters near the last one, wrapped, back at 0 or
+    anything; pairs of credits (valued or not) and event codes in and out of the table."""
+    counter = st.one_of(
+        st.integers(0, 7).map(lambda k: (last + k - 1) % 256),
+        st.sampled_from([0, 1, 5, 6, 254, 255]),
+        st.integers(0, 255),
+    )
+    pair = st.tuples(st.sampled_from([0, 0, 1, 2, 5, 9, 13, 200, 255]), st.integers(0, 255))
+    return st.tuples(counter, st.lists(pair, min_size=5, max_size=5)).map(
+        lambda c: bytes([c[0], *(x for p in c[1] for x in p)])
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([0, 3, 200, 254, 255]), st.data())
+def test_any_229_buffer_credits_only_the_pairs_it_shows_and_never_twice(
+    start: int, data: st.DataObject
+) -> None:
+    device = Acceptor(Checksum.SIMPLE, start)
+    s = fresh_session()
+    run_step(s, device.answer, 0.0)
+    assert s.is_accepting
+    delivered = [device.reply_data(Command(229))]
+    for t in range(1, data.draw(st.integers(1, 10)) + 1):
+        last = delivered[-1]
+        reply = data.draw(st.one_of(buffers(last[0]), st.just(last)), label="229")
+        fault = data.draw(st.sampled_from([b"\x00", b"\x00", b"\x03", b"\xff\x01"]), label="232")
+
+        def answer(command: Command, reply: bytes = reply, fault: bytes = fault) -> bytes:
+            if command.header == 229:
+                delivered.append(reply)
+                return reply
+            if command.header == 232:
+                return fault
+            return device.answer(command)
+
+        events = run_step(s, answer, float(t))
+        coins = [e for e in events if isinstance(e, CoinAccepted)]
+        for coin in coins:
+            index = (reply[0] - number(coin.cursor)) % 255
+            assert index < 5 and reply[1 + 2 * index] == coin.value_cents
+            assert coin.value_cents in VALUED
+        assert len({c.cursor for c in coins}) == len(coins)
+        if delivered[-1] is not reply:
+            assert not coins  # a self-check fault: the buffer is not read
+            continue
+        counted = [e for e in events if not isinstance(e, DeviceFault)]
+        if reply == last:
+            assert counted == [], "the same buffer read twice yields nothing"
+        if reply[0] == 0 and last[0] != 0:
+            assert [(type(e), e.code) for e in counted] == [(DeviceNotice, "reset")]
+
+
+REPLIES = st.one_of(st.none(), st.binary(max_size=20), st.sampled_from([b"Coin Acceptor"]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from([245, 246, 244, 242, 241, 4, 213, 230, 232, 229]), REPLIES))
+def test_a_start_up_on_any_answers_fails_plainly_or_credits_nothing(
+    answers: dict[int, bytes | None],
+) -> None:
+    device = Acceptor(Checksum.SIMPLE, 7)
+    device.event(1, 0)
+
+    def answer(command: Command) -> bytes:
+        if command.header not in answers:
+            return device.answer(command)
+        reply = answers[command.header]
+        if reply is None:
+            raise NoReply(f"header {command.header}: no reply")
+        if command.lengths is not None and len(reply) not in command.lengths:
+            raise NoReply(f"header {command.header}: {len(reply)} bytes")
+        return reply
+
+    s = fresh_session()
+    for t in range(3):
+        events = run_step(s, answer, float(t))
+        assert not any(isinstance(e, CoinAccepted) for e in events)  # only what was buffered
+        if s.lost:
+            assert not s.is_accepting
+    faults = [(e.code, e.active) for e in events if isinstance(e, DeviceFault)]
+    assert s.is_accepting or s.lost or s.fault, faults
+
+
+# --- the control socket's request lines ---------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=10)
+    | st.sampled_from(
+        [0, 1, 2, 5, 99, 100, 200, 201, 10_000, 10_001, -1, 0.5, 20.0, "1", "slot_1"]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+ARG_NAMES = sorted({arg for spec in requests.COMMANDS.values() for arg in spec} | {"x", ""})
+REQUEST_NAMES = st.one_of(st.sampled_from(sorted(requests.COMMANDS)), JSON_VALUES)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> dict[str, Any]:
+    """Request objects: known and unknown names, arguments right, wrong or missing."""
+    message: dict[str, Any] = {}
+    if draw(st.booleans()):
+        message["request"] = draw(REQUEST_NAMES)
+    if draw(st.booleans()):
+        args = draw(st.dictionaries(st.sampled_from(ARG_NAMES), JSON_VALUES, max_size=4))
+        message["args"] = draw(st.one_of(st.just(args), JSON_VALUES))
+    if draw(st.booleans()):
+        message["id"] = draw(JSON_VALUES)
+    if draw(st.integers(0, 9)) == 0:
+        message[draw(st.text(max_size=5))] = draw(JSON_VALUES)
+    return message
+
+
+@st.composite
+def damaged(draw: st.DrawFn, lines: st.SearchStrategy[bytes]) -> bytes:
+    """A line, maybe damaged: a byte changed, a NUL put in, cut short, grown past the limit or
+    written in another encoding."""
+    line = draw(lines)
+    how = draw(st.sampled_from(["as is", "as is", "byte", "nul", "cut", "long", "utf-16", "bom"]))
+    if how == "byte" and line:
+        i = draw(st.integers(0, len(line) - 1))
+        line = line[:i] + bytes([draw(st.integers(0, 255))]) + line[i + 1 :]
+    elif how == "nul":
+        i = draw(st.integers(0, len(line)))
+        line = line[:i] + b"\0" + line[i:]
+    elif how == "cut":
+        line = line[: draw(st.integers(0, len(line)))]
+    elif how == "long":
+        line = line + b" " * (requests.MAX_REQUEST_BYTES + 1 - len(line))
+    elif how == "utf-16":
+        line = line.decode("utf-8", "replace").encode(draw(st.sampled_from(["utf-16", "utf-32"])))
+    elif how == "bom":
+        line = b"\xef\xbb\xbf" + line
+    return line
+
+
+LINES = damaged(
+    st.one_of(
+        messages().map(lambda m: json.dumps(m).encode()),
+        st.binary(max_size=200),
+        st.text(max_size=60).map(str.encode),
+        st.integers(1, 2000).map(
+            lambda depth: b'{"request": "status", "id": ' + b"[" * depth + b"]" * depth + b"}"
+        ),
+    )
+)
+
+
+def is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@QUICK
+@given(LINES)
+@example('{"request": "status"}'.encode("utf-16"))  # was taken: json.loads reads UTF-16 too
+def test_a_request_line_is_a_checked_request_or_a_refusal_that_says_why(line: bytes) -> None:
+    try:
+        request, _ = requests.parse_line(line)
+    except Refused as err:
+        assert str(err).strip()
+        return
+    # What gets through is well formed, UTF-8 JSON of a size the socket reads, and checked.
+    assert len(line) <= requests.MAX_REQUEST_BYTES
+    assert is_utf8(line) and b"\0" not in line
+    assert requests.check(request.name, dict(request.args)) == request
+    spec = requests.COMMANDS[request.name]
+    assert set(request.args) == set(spec)
+    assert all(request.args[a] is not None for a, (_, required) in spec.items() if required)
+
+
+def dump(db: Any, leave_out: tuple[str, ...] = ()) -> dict[str, list[Any]]:
+    """Every row of every table of a ledger, but those of `leave_out`."""
+    tables = [
+        name
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if name not in leave_out
+    ]
+    return {
+        name: db.execute(f"SELECT * FROM [{name}] ORDER BY rowid").fetchall() for name in tables
+    }
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKiosk]:
+    """One simulated kiosk serving its control socket for all the examples of a test."""
+    config = config_mod.load(config_mod.PULSE_PROFILE, env={})
+    with LiveKiosk(config, tmp_path_factory.mktemp("live") / "kiosk.db") as kiosk:
+        yield kiosk
+
+
+def ask_socket(path: str, line: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30.0)
+        sock.connect(path)
+        sock.sendall(line + b"\n")
+        with sock.makefile("rb") as replies:
+            return replies.readline()
+
+
+@SLOW
+@given(LINES.map(lambda line: line.replace(b"\n", b" ")))
+def test_the_socket_answers_any_bad_line_with_a_reason_and_changes_nothing(
+    live: LiveKiosk, line: bytes
+) -> None:
+    try:
+        request, _ = requests.parse_line(line.strip())
+    except Refused:
+        request = None
+    assume(request is None or request.name in requests.READS)
+    before = live.do(lambda rig: dump(rig.ledger.db))
+    raw = ask_socket(live.server.path, line)
+    reply = json.loads(raw)
+    assert raw.endswith(b"\n") and reply["ok"] is (request is not None)
+    if request is None:
+        assert isinstance(reply["error"], str) and reply["error"].strip()
+    assert live.do(lambda rig: dump(rig.ledger.db)) == before
+    assert json.loads(ask_socket(live.server.path, b'{"request": "status"}'))["ok"]
+
+
+# --- MQTT command payloads ----------------------------------------------------------------------
+
+COMMAND_NAMES = st.one_of(
+    st.sampled_from([*snapshots.REMOTE, "launch", "set_price/x", "", "status"]),
+    st.text(max_size=12),
+)
+
+
+@st.composite
+def payloads(draw: st.DrawFn) -> bytes:
+    message = draw(messages())
+    for key in ("request", "args"):
+        message.pop(key, None)
+    if draw(st.booleans()):
+        message["cmd_id"] = draw(st.one_of(st.text(max_size=70), JSON_VALUES))
+    for arg in draw(
+        st.lists(st.sampled_from(["slot", "price_cents", "on", "enabled"]), max_size=3)
+    ):
+        message[arg] = draw(JSON_VALUES)
+    return json.dumps(message).encode()
+
+
+PAYLOADS = damaged(st.one_of(payloads(), st.binary(max_size=100), st.just(b"")))
+
+
+def check_read(name: str, payload: bytes) -> snapshots.RemoteCommand:
+    read = snapshots.read_command(name, payload)
+    assert (read.request is None) != (read.refusal is None)
+    assert read.name == name if snapshots.COMMAND_NAME.fullmatch(name) else read.name == "unknown"
+    if read.refusal is not None:
+        assert read.refusal.strip()
+        return read
+    assert len(payload) <= requests.MAX_REQUEST_BYTES and is_utf8(payload)
+    assert b"\0" not in payload
+    request_name, takes, sets = snapshots.REMOTE[name]
+    assert read.request is not None and read.request.name == request_name
+    given_args = json.loads(payload)
+    assert all(read.request.args[k] == given_args[k] for k in takes)
+    assert requests.check(request_name, dict(read.request.args)) == read.request
+    assert all(read.request.args[k] == v for k, v in sets.items())
+    assert read.cmd_id is not None and 1 <= len(read.cmd_id) <= snapshots.MAX_CMD_ID
+    return read
+
+
+@QUICK
+@given(COMMAND_NAMES, PAYLOADS)
+@example("refresh", '{"cmd_id": "a"}'.encode("utf-16"))  # was taken: json.loads reads UTF-16
+def test_a_command_payload_is_a_checked_request_or_a_refusal_that_says_why(
+    name: str, payload: bytes
+) -> None:
+    check_read(name, payload)
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimKiosk]:
+    kiosk = SimKiosk(
+        config_mod.load(config_mod.PULSE_PROFILE, env={}),
+        tmp_path_factory.mktemp("mqtt") / "kiosk.db",
+    )
+    kiosk.run_for(1.0)
+    yield kiosk
+    kiosk.shutdown()
+
+
+# Where a refused command is recorded (its event, its message, its cmd_id), and only there.
+AUDIT = ("events", "outbox", "sqlite_sequence", "commands")
+
+
+@SLOW
+@given(COMMAND_NAMES, PAYLOADS)
+def test_a_refused_command_is_answered_and_changes_nothing_but_the_audit(
+    rig: SimKiosk, name: str, payload: bytes
+) -> None:
+    read = check_read(name, payload)
+    assume(read.refusal is not None)
+    before = dump(rig.ledger.db, AUDIT)
+    audited = rig.ledger.db.execute("SELECT count(*) FROM events").fetchone()[0]
+    fresh = read.cmd_id is None or rig.ledger.command_done(read.cmd_id) is None
+    replies: list[dict[str, Any]] = []
+    request = read.request or requests.Request(read.name)
+    rig.events.put(
+        KioskCommand(request, Actor("city", "mqtt"), replies.append, read.cmd_id, read.refusal)
+    )
+    rig.run_for(0.2)
+    [reply] = replies
+    assert reply["ok"] is False and reply["error"].strip()
+    assert reply["error"] == read.refusal or not fresh  # a cmd_id used before: answered so
+    assert dump(rig.ledger.db, AUDIT) == before
+    kinds = rig.ledger.db.execute("SELECT kind FROM events WHERE rowid > ?", [audited]).fetchall()
+    assert kinds == [("command",)]
+    assert rig.controller.state is not State.OUT_OF_SERVICE
