@@ -12,12 +12,18 @@ loses, refuses and damages replies, whole documents and whole request lines.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import datetime
 import itertools
 import json
+import math
 import re
 import socket
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +42,8 @@ from drivers.cctalk_transport import NoReply
 from drivers.cctalk_transport import Refused as DeviceRefused
 from kiosk import config as config_mod
 from kiosk import requests, snapshots
-from kiosk.errors import Refused
+from kiosk.config import Config
+from kiosk.errors import ConfigError, Refused
 from kiosk.events import Command as KioskCommand
 from kiosk.ledger_base import Actor
 from kiosk.machine import State
@@ -753,3 +760,178 @@ def test_a_cmd_id_that_is_no_text_is_refused_and_the_kiosk_sells_on(rig: SimKios
     rig.run_for(0.2)
     assert replies == [{"ok": False, "error": read.refusal}]
     assert rig.controller.state is State.IDLE
+
+
+# --- TOML profiles ------------------------------------------------------------------------------
+
+PROFILES = {
+    path.name: tomllib.loads(path.read_text()) for path in config_mod.CONFIG_DIR.glob("*.toml")
+}
+
+
+def toml_value(value: Any) -> str:
+    """A value as TOML writes it inline (tables as inline tables, so any nesting goes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # nan, inf and -inf are TOML too
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    assert isinstance(value, dict)
+    return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+def toml_document(data: dict[str, Any]) -> str:
+    return "".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in data.items())
+
+
+def keys_of(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a document: ("kiosk", "id"), ("slots", 1, "price_cents"), ..."""
+    if isinstance(data, dict):
+        items: Iterator[tuple[Any, Any]] = iter(data.items())
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return []
+    paths = []
+    for key, value in items:
+        paths += [(*prefix, key), *keys_of(value, (*prefix, key))]
+    return paths
+
+
+TOML_VALUES = st.recursive(
+    st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | st.text(st.characters(codec="utf-8", exclude_characters="\x7f"), max_size=8)
+    | st.datetimes()
+    | st.dates()
+    | st.times()
+    | st.sampled_from(
+        [0, 1, 2, 5, 27, 28, 99, 100, 200, 201, 65535, 65536, -1, 0.5, "", " ", "pulse"]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+DELETE = object()
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> dict[str, Any]:
+    """A shipped profile with a few keys changed, added or taken out."""
+    data = copy.deepcopy(PROFILES[draw(st.sampled_from(sorted(PROFILES)))])
+    for _ in range(draw(st.integers(1, 4))):
+        paths = keys_of(data)
+        path = draw(st.sampled_from(paths)) if paths else ("kiosk",)
+        if draw(st.integers(0, 4)) == 0:  # a new key beside it
+            path = (*path[:-1], draw(st.sampled_from(["extra", "Port", "slots", "kiosk", ""])))
+        value = draw(st.one_of(st.just(DELETE), TOML_VALUES))
+        node = data
+        for key in path[:-1]:
+            node = node[key]
+        if value is DELETE:
+            if isinstance(node, dict):
+                node.pop(path[-1], None)
+            elif isinstance(node, list) and isinstance(path[-1], int):
+                del node[path[-1]]
+        elif isinstance(node, dict) or (isinstance(node, list) and isinstance(path[-1], int)):
+            node[path[-1]] = value
+    return data
+
+
+KNOWN = {*config_mod.SECTIONS, "slots", "coin_acceptor"}
+
+
+def check_loaded(path: Path, sections: Iterable[str] = ()) -> None:
+    """A profile loads into a config in range, or fails with a ConfigError that says the file,
+    then the key (a section of the document's, or one the profile needs) or that it is not
+    TOML, then why."""
+    try:
+        config = config_mod.load(path, env={})
+    except ConfigError as err:
+        message = str(err)
+        assert message.startswith(f"{path}: "), message
+        key, _, reason = message.removeprefix(f"{path}: ").partition(": ")
+        assert reason.strip(), message
+        top = re.split(r"[.\[]", key)[0]
+        assert key == "not valid TOML" or top in {*KNOWN, *sections}, message
+    else:
+        assert isinstance(config, Config) and config.slots
+        for part in [config.kiosk, config.dispenser, config.display, *config.slots]:
+            for f in dataclasses.fields(part):
+                value = getattr(part, f.name)
+                if isinstance(value, int | float) and "min" in f.metadata:
+                    assert f.metadata["min"] <= value <= f.metadata.get("max", math.inf)
+
+
+@settings(max_examples=200, deadline=None)
+@given(documents())
+def test_a_profile_with_keys_changed_loads_or_names_the_key_and_why(
+    tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any]
+) -> None:
+    path = tmp_path_factory.mktemp("profile") / "kiosk.toml"
+    path.write_text(toml_document(data))
+    check_loaded(path, data)
+
+
+@st.composite
+def garbled(draw: st.DrawFn) -> bytes:
+    """Text that may or may not be TOML: a shipped profile with bytes changed, cut or moved,
+    random text and bytes, nesting deeper than any parser likes."""
+    profile = (config_mod.CONFIG_DIR / draw(st.sampled_from(sorted(PROFILES)))).read_bytes()
+    kind = draw(st.sampled_from(["edit", "edit", "cut", "text", "bytes", "deep"]))
+    if kind == "edit":
+        raw = bytearray(profile)
+        for _ in range(draw(st.integers(1, 4))):
+            i = draw(st.integers(0, len(raw) - 1))
+            raw[i : i + draw(st.integers(0, 3))] = draw(st.binary(max_size=3))
+        return bytes(raw)
+    if kind == "cut":
+        return profile[: draw(st.integers(0, len(profile)))]
+    if kind == "text":
+        return draw(st.text(max_size=200)).encode()
+    if kind == "bytes":
+        return draw(st.binary(max_size=200))
+    opening, closing = draw(st.sampled_from([("[", "]"), ("{a = ", "}")]))
+    depth = draw(st.integers(1, 3000))
+    return b"[kiosk]\nid = " + (opening * depth + closing * depth).encode() + b"\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(garbled())
+@example(b"a = " + b"[" * 3000 + b"]" * 3000)  # tomllib recursed until RecursionError
+def test_any_text_in_a_profile_loads_or_is_a_config_error(
+    tmp_path_factory: pytest.TempPathFactory, raw: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("profile") / "kiosk.toml"
+    path.write_bytes(raw)
+    try:
+        sections = set(tomllib.loads(raw.decode()))
+    except (ValueError, RecursionError):
+        sections = set()  # then the error can only say that it is not TOML
+    check_loaded(path, sections)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["KIOSK_KIOSK_NAME", "KIOSK_DISPLAY_COLUMNS", "KIOSK_SLOTS_X", "KIOSK_KIOSK_"]),
+    st.one_of(
+        st.text(max_size=30),
+        TOML_VALUES.map(toml_value),
+        st.integers(1, 3000).map(lambda depth: "[" * depth + "]" * depth),
+    ),
+)
+@example("KIOSK_DISPLAY_COLUMNS", "[" * 3000 + "]" * 3000)  # as in a file: RecursionError
+def test_any_environment_value_loads_or_is_a_config_error_naming_the_variable(
+    name: str, raw: str
+) -> None:
+    try:
+        config_mod.load(config_mod.PULSE_PROFILE, env={name: raw})
+    except ConfigError as err:
+        assert str(err).startswith(f"{name}: "), str(err)
