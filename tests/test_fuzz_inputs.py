@@ -38,7 +38,8 @@ from sim.live import LiveKiosk
 from sim.rig import SimKiosk
 
 QUICK = settings(max_examples=150, deadline=None)
-SLOW = settings(max_examples=25, deadline=None)  # a socket, a ledger, a simulated kiosk
+SLOW = settings(max_examples=30, deadline=None)  # a socket, a ledger, a simulated kiosk
+PROFILE = settings(max_examples=100, deadline=None)  # a file written and loaded
 
 
 # --- the control socket's request lines ---------------------------------------------------------
@@ -94,8 +95,9 @@ def damaged(draw: st.DrawFn, lines: st.SearchStrategy[bytes]) -> bytes:
         line = line[:i] + b"\0" + line[i:]
     elif how == "cut":
         line = line[: draw(st.integers(0, len(line)))]
-    elif how == "long":
-        line = line + b" " * (requests.MAX_REQUEST_BYTES + 1 - len(line))
+    elif how == "long":  # just over the limit, or so far over that the socket stops reading
+        extra = draw(st.sampled_from([0, 1, 2, 5000]))
+        line = line + b" " * (requests.MAX_REQUEST_BYTES + 1 - len(line) + extra)
     elif how == "utf-16":
         line = line.decode("utf-8", "replace").encode(draw(st.sampled_from(["utf-16", "utf-32"])))
     elif how == "bom":
@@ -176,11 +178,12 @@ def ask_socket(path: str, line: bytes) -> bytes:
             return replies.readline()
 
 
-@settings(max_examples=40, deadline=None)
+@SLOW
 @given(PLAIN_LINES.map(lambda line: line.replace(b"\n", b" ")))
 @example(b'{"request": "status", "id": "\\ud800"}')  # the client got no reply at all
 @example(b'{"request": "refill", "args": {"slot": 1, "\\udfff": 2}}')
 @example(b'{"request": "refill", "args": {"slot": 1, "quantity": 3}}')  # not in service
+@example(b'{"request": "status", "pad": "' + b"x" * 9000 + b'"}')  # the rest is never read
 def test_the_socket_answers_any_bad_line_with_a_reason_and_changes_nothing(
     live: LiveKiosk, line: bytes
 ) -> None:
@@ -398,6 +401,12 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
 KNOWN = {*config_mod.SECTIONS, "slots", "coin_acceptor"}
 
 
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The file each example writes its profile to."""
+    return tmp_path_factory.mktemp("profile") / "kiosk.toml"
+
+
 def check_loaded(path: Path, sections: Iterable[str] = ()) -> None:
     """A profile loads into a config in range, or fails with a ConfigError that says the file,
     then the key (a section of the document's, or one the profile needs) or that it is not
@@ -421,14 +430,13 @@ def check_loaded(path: Path, sections: Iterable[str] = ()) -> None:
                     assert f.metadata["min"] <= value <= f.metadata.get("max", math.inf)
 
 
-@settings(max_examples=200, deadline=None)
+@PROFILE
 @given(documents())
 def test_a_profile_with_keys_changed_loads_or_names_the_key_and_why(
-    tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any]
+    profile: Path, data: dict[str, Any]
 ) -> None:
-    path = tmp_path_factory.mktemp("profile") / "kiosk.toml"
-    path.write_text(toml_document(data))
-    check_loaded(path, data)
+    profile.write_text(toml_document(data))
+    check_loaded(profile, data)
 
 
 @st.composite
@@ -454,22 +462,19 @@ def garbled(draw: st.DrawFn) -> bytes:
     return b"[kiosk]\nid = " + (opening * depth + closing * depth).encode() + b"\n"
 
 
-@settings(max_examples=200, deadline=None)
+@PROFILE
 @given(garbled())
 @example(b"a = " + b"[" * 3000 + b"]" * 3000)  # tomllib recursed until RecursionError
-def test_any_text_in_a_profile_loads_or_is_a_config_error(
-    tmp_path_factory: pytest.TempPathFactory, raw: bytes
-) -> None:
-    path = tmp_path_factory.mktemp("profile") / "kiosk.toml"
-    path.write_bytes(raw)
+def test_any_text_in_a_profile_loads_or_is_a_config_error(profile: Path, raw: bytes) -> None:
+    profile.write_bytes(raw)
     try:
         sections = set(tomllib.loads(raw.decode()))
     except (ValueError, RecursionError):
         sections = set()  # then the error can only say that it is not TOML
-    check_loaded(path, sections)
+    check_loaded(profile, sections)
 
 
-@settings(max_examples=100, deadline=None)
+@PROFILE
 @given(
     st.sampled_from(["KIOSK_KIOSK_NAME", "KIOSK_DISPLAY_COLUMNS", "KIOSK_SLOTS_X", "KIOSK_KIOSK_"]),
     st.one_of(
