@@ -357,8 +357,8 @@ class CcTalkSession:
     def _read_events(self, data: bytes, now: float) -> Procedure:
         counter, last = data[0], self._counter
         before, self._pairs = self._pairs, bytes(data[1:])
-        if counter == last:
-            return
+        if counter == last and before in (None, self._pairs):
+            return  # nothing new (the same counter over other pairs: a reset, then events)
         serial = self.identity.serial
         if counter == 0:
             self._counter = 0
@@ -414,8 +414,9 @@ class CcTalkSession:
     def _reset_since(data: bytes, new: int, before: bytes | None) -> bool:
         """The device was reset since the last read although its counter is not 0 (events came
         after the reset). Without a reset, the pairs older than the new ones are those of the
-        last read, shifted; after one, the buffer was cleared: a counter below five with the
-        older pairs empty, where more than five events would otherwise be lost."""
+        last read, shifted (all of them when the counter did not move); after one, the buffer
+        was cleared: a counter below five with the older pairs empty, where more than five
+        events would otherwise be lost."""
         counter = data[0]
         if new <= BUFFER and before is not None:
             return data[1 + 2 * new :] != before[: 2 * (BUFFER - new)]

@@ -255,6 +255,8 @@ def load(path: str | Path, env: Mapping[str, str] | None = None, **overrides: An
         raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
     except ValueError as err:  # TOMLDecodeError, UnicodeDecodeError, an over-long integer
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    except RecursionError as err:  # tomllib parses nested arrays and tables by recursion
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deep") from err
     origins: dict[str, str] = {}
     for name, dotted, value in _environment(os.environ if env is None else env):
         _override(data, dotted, value, name)
@@ -284,7 +286,7 @@ def _environment(env: Mapping[str, str]) -> Iterable[tuple[str, str, Any]]:
             continue
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
-        except ValueError:
+        except (ValueError, RecursionError):  # not a TOML value (or one nested too deep)
             value = raw
         yield name, f"{section}.{rest[len(section) + 1 :]}", value
 

@@ -114,14 +114,28 @@ def check(name: Any, args: Any) -> Request:
     return Request(name, checked)
 
 
+def read_json(raw: bytes) -> Any:
+    """JSON text in UTF-8, as RFC 8259 wants it between systems (a UTF-8 byte order mark is let
+    pass). ValueError otherwise: json.loads would take UTF-16 and UTF-32 as well, so that a
+    line of NUL-laden bytes could still be run as a request. ValueError too for a string with
+    a lone surrogate (the escape \\ud800 is valid JSON but no character): SQLite could not
+    record it nor the socket send it back. RecursionError if nested too deep."""
+    message = json.loads(raw.decode("utf-8-sig"))  # UnicodeDecodeError is a ValueError
+    try:
+        json.dumps(message, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone surrogate (an escape such as \\ud800)") from None
+    return message
+
+
 def parse_line(line: bytes) -> tuple[Request, Any]:
     """A request line of the control socket: {"request": NAME, "args": {...}, "id": ANY}.
     Returns the request and its id (echoed in the reply)."""
     if len(line) > MAX_REQUEST_BYTES:
         raise Refused(f"request longer than {MAX_REQUEST_BYTES} bytes")
     try:
-        message = json.loads(line)
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        message = read_json(line)
+    except (ValueError, RecursionError) as err:
         raise Refused(f"not a JSON request: {err}") from None
     if not isinstance(message, dict):
         raise Refused('a request is a JSON object: {"request": NAME, "args": {...}}')

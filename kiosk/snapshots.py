@@ -8,7 +8,6 @@ id and the time it was built; whether one changed is judged without that time.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from sqlite_utils import Database
 from kiosk import __version__, figures
 from kiosk.config import Config
 from kiosk.errors import Refused
-from kiosk.requests import MAX_REQUEST_BYTES, Request, check
+from kiosk.requests import MAX_REQUEST_BYTES, Request, check, read_json
 
 CASHBOX_KEYS = ("coins", "count", "value_cents", "mass_g", "volume_ml", "capacity_ml", "fill")
 IMPACT_KEYS = (
@@ -196,7 +195,7 @@ def read_command(name: str, payload: bytes) -> RemoteCommand:
     if len(payload) > MAX_REQUEST_BYTES:
         return RemoteCommand(name, None, None, f"payload longer than {MAX_REQUEST_BYTES} bytes")
     try:
-        message = json.loads(payload) if payload.strip() else {}
+        message = read_json(payload) if payload.strip() else {}
     except (ValueError, RecursionError) as err:
         return RemoteCommand(name, None, None, f"not JSON: {err}")
     if not isinstance(message, dict):
