@@ -129,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kiosks", type=positive, default=200, help="fleet: kiosks")
     parser.add_argument("--processes", type=positive, default=4, help="fleet: processes")
     parser.add_argument("--fleet-s", type=float, default=60.0, help="fleet: seconds of sales")
+    parser.add_argument(
+        "--speed-up", type=float, default=10.0, help="fleet: times a busy kiosk's sales rate"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object of the numbers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the figures only
@@ -147,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if what in ("all", "mqtt"):
         figures |= bench_mqtt.bench_mqtt(args.events, args.sales)
     if what in ("all", "fleet"):
-        figures |= bench_fleet.bench_fleet(args.kiosks, args.processes, args.fleet_s, args.seed)
+        fleet = (args.kiosks, args.processes, args.fleet_s, args.speed_up, args.seed)
+        figures |= bench_fleet.bench_fleet(*fleet)
     if what in ("all", "kiosk", "mqtt", "fleet"):
         figures = machine() | figures
     if args.json:

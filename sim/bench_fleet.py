@@ -52,6 +52,7 @@ def _kiosks(
     broker: tuple[str, int],
     tmp: str,
     seconds: float,
+    speed_up: float,
     seed: int,
     ready: EventType,
     go: EventType,
@@ -81,7 +82,7 @@ def _kiosks(
             time.sleep(0.05)
         ready.set()
         go.wait()
-        mean_gap_s = 3600 / (BUSY_SALES_PER_HOUR * SPEED_UP)
+        mean_gap_s = 3600 / (BUSY_SALES_PER_HOUR * speed_up)
         started = time.monotonic()
         due = [started + rng.expovariate(1 / mean_gap_s) for _ in kiosks]
         sales = [0] * len(kiosks)  # each kiosk's sale ids
@@ -150,7 +151,9 @@ class Dashboard:
         self.client.loop_stop()
 
 
-def bench_fleet(kiosks: int, processes: int, seconds: float, seed: int = 7) -> dict[str, float]:
+def bench_fleet(
+    kiosks: int, processes: int, seconds: float, speed_up: float = SPEED_UP, seed: int = 7
+) -> dict[str, float]:
     processes = max(1, min(processes, kiosks))
     spawn = multiprocessing.get_context("spawn")
     results: Any = spawn.Queue()
@@ -166,8 +169,8 @@ def bench_fleet(kiosks: int, processes: int, seconds: float, seed: int = 7) -> d
         workers = [
             spawn.Process(
                 target=_kiosks,
-                args=(first, share, (broker.host, broker.port), name, seconds, seed, ready, go),
-                kwargs={"results": results},
+                args=(first, share, (broker.host, broker.port), name, seconds, speed_up, seed),
+                kwargs={"ready": ready, "go": go, "results": results},
                 daemon=True,
             )
             for first, share, ready in zip(firsts, shares, readies, strict=True)
@@ -201,6 +204,7 @@ def bench_fleet(kiosks: int, processes: int, seconds: float, seed: int = 7) -> d
     return {
         "fleet_kiosks": kiosks,
         "fleet_processes": processes,
+        "fleet_sales_per_hour_each": BUSY_SALES_PER_HOUR * speed_up,
         "fleet_events": len(committed),
         "fleet_missing": len(committed) - len(latencies),
         "fleet_msgs_per_s": len(latencies) / elapsed,

@@ -90,6 +90,15 @@ def test_the_kiosk_benchmark_prints_its_figures(capsys: pytest.CaptureFixture[st
     assert figures["stack_coins_per_s"] > 0 and figures["startup_s"] > 0
 
 
+def test_the_fleet_benchmark_counts_every_event(capsys: pytest.CaptureFixture[str]) -> None:
+    sizes = ("--kiosks", "3", "--processes", "2", "--fleet-s", "2", "--speed-up", "2000")
+    figures = json.loads(run(capsys, "fleet", *sizes, "--json"))
+    assert figures["fleet_kiosks"] == 3 and figures["fleet_processes"] == 2
+    assert figures["fleet_events"] > 0 and figures["fleet_missing"] == 0
+    assert figures["fleet_p50_ms"] <= figures["fleet_p99_ms"]
+    assert figures["fleet_broker_cpu_pct"] >= 0
+
+
 @pytest.mark.parametrize(
     ("argv", "key"),
     [
