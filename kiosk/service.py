@@ -132,25 +132,30 @@ class Desk:
         return self._test_vend is not None
 
     def handle(self, command: Command) -> None:
+        try:
+            reply = self._answer(command)
+        except Exception as err:  # storage or worse: the core handles it, the caller hears
+            command.reply({"ok": False, "error": f"not done: {err}"})
+            raise
+        if reply is not None:  # None: a test vend, answered when it ends
+            command.reply(reply)
+
+    def _answer(self, command: Command) -> dict[str, Any] | None:
         ledger = self.core.ledger
         request = json.dumps([command.request.name, dict(command.request.args)], sort_keys=True)
         if command.cmd_id is not None:
             done = ledger.command_done(command.cmd_id)
             if done is not None and done[0] == request:  # delivered again: answered again
-                command.reply(done[1])
-                return
+                return dict(done[1])
             if done is not None:
                 why = f"cmd_id {command.cmd_id} was already used for another command"
-                command.reply({"ok": False, "error": why})
-                return
+                return {"ok": False, "error": why}
         reply = self._reply(command)
-        if reply is None:
-            return  # a test vend: answered when it ends
-        if command.by.origin == REMOTE:
+        if reply is not None and command.by.origin == REMOTE:
             final = reply["ok"] or command.refusal is not None
             name = command.request.name
             ledger.record_command(command.cmd_id, name, request, reply, command.by, final=final)
-        command.reply(reply)
+        return reply
 
     def _reply(self, command: Command) -> dict[str, Any] | None:
         if command.refusal is not None:
@@ -159,9 +164,6 @@ class Desk:
             result = self._run(command)
         except Refused as err:
             return {"ok": False, "error": str(err)}
-        except Exception as err:  # storage or worse: the core handles it, the caller hears
-            command.reply({"ok": False, "error": f"not done: {err}"})
-            raise
         return None if result is None else {"ok": True, "result": result}
 
     def _run(self, command: Command) -> dict[str, Any] | None:

@@ -174,6 +174,18 @@ def test_service_off_mends_a_halt(kiosk: SimKiosk, monkeypatch: pytest.MonkeyPat
     assert kiosk.hardware.acceptor.is_accepting
 
 
+def test_a_command_that_breaks_the_core_is_still_answered(kiosk: SimKiosk) -> None:
+    """A cmd_id the ledger cannot even look up (a lone surrogate, which the readers refuse
+    before this point): the caller hears why, and the kiosk is out of service as for any bug."""
+    replies: list[dict[str, Any]] = []
+    by = Actor("city", "mqtt")
+    kiosk.events.put(Command(requests.check("refresh", {}), by, replies.append, "\ud800"))
+    kiosk.run_for(0.5)
+    [reply] = replies
+    assert not reply["ok"] and reply["error"].startswith("not done: ")
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+
+
 def test_requests_that_write_wait_for_storage(kiosk: SimKiosk) -> None:
     kiosk.controller._pending.append(Refill(1, 1))  # a write the ledger has not yet taken
     assert "storage" in refused(kiosk, "price", slot=1, price_cents=30)
