@@ -1,0 +1,692 @@
+"""The power-cut harness: the real daemon in its own process, killed with SIGKILL at random moments,
+restarted, and checked against the ground truth of a world that kept its own power.
+
+    python -m sim.powercut [--cycles N] [--seed S] [--profile cctalk|pulse|both] [--dir D]
+
+ccTalk: the simulated acceptor runs as its own process (sim.cctalk_device, a pseudo-terminal at a
+fixed path, orders on a Unix socket) and keeps crediting coins while the kiosk is down: more than
+five and the oldest fall off its buffer. Pulse: the acceptor is wired to the kiosk's pins and
+sends trains in the kiosk's process, so a train cut by the kill is a coin no kiosk can count.
+Both have spirals and a drop beam (sim.powercut_world), and telemetry to a private Mosquitto.
+
+Each cycle starts the daemon, waits for coins to be enabled, checks every invariant, then kills
+the daemon in one of these moments: a burst of coins; the ledger write of a coin just read; a
+vend in progress; the outbox send after a sale. While it is down, coins may arrive (ccTalk) and
+the acceptor may be power-cycled. Checked after every restart: `kiosk verify`; every coin the
+acceptor credited in the ledger exactly once, unless it fell off the buffer while the kiosk was
+down (then the kiosk reported lost events) or its train was cut (pulse); no sale without a
+product fallen; nothing charged for an interrupted vend (no sale for it, and a recount flagged);
+stock against the products really left. At the end, every outbox row reached the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sim.cctalk_device import OrderLink
+from sim.powercut_world import REVOLUTION_S, replay
+
+PHASES = ("burst", "ledger_write", "vend", "outbox")
+READY_S = 20.0  # ceiling for a daemon to start and enable coins (a loaded machine)
+SETTLE_S = 10.0  # ceiling for the ledger to catch up with what the acceptor reported
+PRICES = {1: 10, 2: 15, 3: 20}
+CAPACITY = 200
+# Slow trains: the mock pins see an edge when the world's thread gets to it, so a busy machine
+# stretches gaps by tens of milliseconds (lgpio on a Pi timestamps edges in the kernel instead).
+END_GAP_MS = 500
+CUT_TRAIN_S = 1.0  # a pulse coin this close to a kill may have been cut with its train
+
+
+@dataclass
+class Figures:
+    cycles: int = 0
+    coins: int = 0  # coins dropped into an acceptor
+    kills: Counter[str] = field(default_factory=Counter)  # aimed at each phase
+    mid_vend: int = 0  # kills that left a vend pending in the ledger
+    unsent: int = 0  # kills that left outbox rows not yet acknowledged
+    lost_by_device: int = 0  # credits fallen off the acceptor's buffer while the kiosk was down
+    wiped_by_power_cycle: int = 0
+    cut_trains: int = 0  # pulse coins in the cash box whose train the kill cut
+    interrupted_vends: int = 0
+    sales: int = 0
+    first_229_s: list[float] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def add(self, other: Figures) -> None:
+        for name, value in vars(other).items():
+            mine = getattr(self, name)
+            if isinstance(value, Counter):
+                mine.update(value)
+            elif isinstance(value, list):
+                mine.extend(value)
+            else:
+                setattr(self, name, mine + value)
+
+    def report(self) -> str:
+        kills = ", ".join(f"{p} {self.kills[p]}" for p in PHASES)
+        lines = [
+            f"cycles: {self.cycles}",
+            f"coins: {self.coins}",
+            f"kills: {kills}",
+            f"kills mid-vend (a vend pending in the ledger): {self.mid_vend}",
+            f"kills with outbox rows unacknowledged: {self.unsent}",
+            f"coins lost by the device while the kiosk was down: {self.lost_by_device}",
+            f"coins wiped unread by acceptor power cycles: {self.wiped_by_power_cycle}",
+            f"pulse coins whose train the kill cut: {self.cut_trains}",
+            f"sales: {self.sales}, interrupted vends: {self.interrupted_vends}",
+        ]
+        if self.first_229_s:
+            p50, top = statistics.median(self.first_229_s), max(self.first_229_s)
+            lines.append(f"start to first 229: p50 {p50:.3f} s, max {top:.3f} s")
+        lines.append(f"violations: {len(self.violations)}")
+        lines += [f"  {v}" for v in self.violations]
+        return "\n".join(lines)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, step_s: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step_s)
+    return True
+
+
+def profile_text(kind: str, db: Path, port: Path, broker: tuple[str, int] | None) -> str:
+    slots = "".join(
+        f"""
+[[slots]]
+id = {slot}
+product = "Product {slot}"
+price_cents = {price}
+capacity = {CAPACITY}
+motor_pin = {motor}
+home_pin = {home}
+button_pin = {button}
+led_pin = {led}
+"""
+        for (slot, price), (motor, home, button, led) in zip(
+            PRICES.items(), [(5, 6, 13, 19), (12, 16, 20, 18), (22, 23, 24, 25)], strict=True
+        )
+    )
+    if kind == "cctalk":
+        acceptor = f"""driver = "cctalk"
+port = "{port}"
+address = 2
+checksum = "8bit"
+echo = "auto"
+poll_interval_ms = 150
+"""
+    else:
+        acceptor = f"""driver = "pulse"
+coin_pin = 17
+inhibit_pin = 27
+pulse_ms = 100
+gap_ms = 200
+end_gap_ms = {END_GAP_MS}
+pulses = {{ 1 = 2, 2 = 3, 5 = 4 }}
+"""
+    mqtt = "" if broker is None else f'\n[mqtt]\nhost = "{broker[0]}"\nport = {broker[1]}\n'
+    return f"""[kiosk]
+id = "powercut-{kind}"
+name = "Centimeo"
+language = "en"
+accepted_coins_cents = [1, 2, 5]
+
+[credit]
+inactivity_timeout_s = 3600
+leftover = "keep"
+
+[ledger]
+path = "{db}"
+
+[panel]
+cancel_pin = 26
+
+[dispenser]
+drop_pin = 4
+max_run_s = 8
+drop_wait_s = 1.5
+retry_turns = 1
+{slots}
+[coin_acceptor]
+{acceptor}{mqtt}"""
+
+
+class Ledger:
+    """The ledger read as the technician's reports read it: read-only, never blocking the
+    daemon."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        if not self.path.exists():
+            return []
+        try:
+            with self._conn() as conn:
+                return conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                return []  # not migrated yet
+            raise
+
+    def one(self, sql: str, *args: Any) -> Any:
+        rows = self.rows(sql, *args)
+        return rows[0][0] if rows else None
+
+    def coins(self) -> Counter[int]:
+        return Counter(dict(self.rows("SELECT value_cents, count(*) FROM coins GROUP BY 1")))
+
+    def credit_cents(self) -> int:
+        return int(
+            self.one("SELECT balance_cents FROM credit_sessions WHERE closed_at IS NULL") or 0
+        )
+
+    def cursor_counter(self) -> int | None:
+        cursor = self.one("SELECT value FROM meta WHERE key = 'acceptor_cursor'")
+        return None if cursor is None else int(str(cursor).rpartition(":")[2])
+
+    def unacked(self) -> int:
+        top = int(self.one("SELECT max(seq) FROM outbox") or 0)
+        marks = self.path.with_name(self.path.name + ".sent")
+        watermark = 0
+        if marks.exists():
+            marks_db = contextlib.closing(sqlite3.connect(f"file:{marks}?mode=ro", uri=True))
+            with marks_db as conn, contextlib.suppress(sqlite3.OperationalError):
+                watermark = int(conn.execute("SELECT seq FROM watermark").fetchone()[0])
+        return top - watermark
+
+
+class Subscriber:
+    """The dashboard's side: every event seq the broker delivered."""
+
+    def __init__(self, host: str, port: int, kiosk_id: str) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.seqs: set[int] = set()
+        self._lock = threading.Lock()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dashboard-{kiosk_id}")
+        self._client.on_message = self._message
+        self._client.connect(host, port)
+        self._client.subscribe(f"kiosk/v1/{kiosk_id}/event/#", qos=1)
+        self._client.loop_start()
+
+    def _message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            seq = int(json.loads(message.payload)["seq"])
+            with self._lock:
+                self.seqs.add(seq)
+
+    def seen(self) -> set[int]:
+        with self._lock:
+            return set(self.seqs)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+class Campaign:
+    """One kiosk (one ledger, one world, one acceptor) through `cycles` power cuts."""
+
+    def __init__(
+        self, kind: str, directory: Path, seed: int, broker: tuple[str, int] | None = None
+    ) -> None:
+        self.kind = kind
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rng = random.Random(seed)
+        self.figures = Figures()
+        self.db = self.dir / "kiosk.db"
+        self.ledger = Ledger(self.db)
+        self.journal = self.dir / "world.jsonl"
+        self.world_sock = str(self.dir / "world.sock")
+        self.port = self.dir / "ttyCCTALK"
+        self.profile = self.dir / "kiosk.toml"
+        self.profile.write_text(profile_text(kind, self.db, self.port, broker))
+        self.log = (self.dir / "daemon.log").open("a")
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.device: subprocess.Popen[bytes] | None = None
+        self.acceptor: OrderLink | None = None
+        self.world: OrderLink | None = None
+        self.cycle = 0
+        self.cut_allowance: Counter[int] = Counter()  # pulse coins a kill may have cut
+        self.lost_seen = 0  # lost credits the kiosk has been checked to report
+        self.lost_reports = 0
+        self.subscriber = None if broker is None else Subscriber(*broker, f"powercut-{kind}")
+        if kind == "cctalk":
+            self._start_device()
+
+    # --- processes -----------------------------------------------------------------------
+
+    def _start_device(self) -> None:
+        control = str(self.dir / "acceptor.sock")
+        self.device = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sim.cctalk_device",
+                "--link",
+                str(self.port),
+                "--control",
+                control,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
+        assert self.device.stdout is not None
+        if self.device.stdout.readline() != b"ready\n":
+            raise RuntimeError("the simulated acceptor did not start")
+        self.acceptor = OrderLink(control)
+
+    def _spawn(self) -> float:
+        if self.acceptor is not None:
+            self.acceptor("expect_start")
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        spawned = time.monotonic()
+        self.daemon = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "sim.powercut_world", str(self.profile)),
+                *("--journal", str(self.journal), "--world", self.world_sock),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        return spawned
+
+    def _connect_world(self) -> bool:
+        def up() -> bool:
+            if self.daemon is not None and self.daemon.poll() is not None:
+                return True
+            try:
+                self.world = OrderLink(self.world_sock)
+            except OSError:
+                return False
+            return True
+
+        return wait_until(up, READY_S) and self.world is not None
+
+    def _kill(self) -> None:
+        assert self.daemon is not None
+        self.daemon.send_signal(signal.SIGKILL)
+        self.daemon.wait()
+        with self.journal.open("a") as fh:
+            fh.write(json.dumps({"t": time.monotonic(), "ev": "power_cut"}) + "\n")
+        if self.world is not None:
+            self.world.close()
+            self.world = None
+
+    def close(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(timeout=READY_S)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        if self.world is not None:
+            self.world.close()
+        if self.acceptor is not None:
+            self.acceptor.close()
+        if self.device is not None:
+            self.device.send_signal(signal.SIGTERM)
+            try:
+                self.device.wait(timeout=READY_S)
+            except subprocess.TimeoutExpired:
+                self.device.kill()
+                self.device.wait()
+        if self.subscriber is not None:
+            self.subscriber.close()
+        self.log.close()
+
+    # --- one cycle -----------------------------------------------------------------------
+
+    def violation(self, text: str) -> None:
+        self.figures.violations.append(f"{self.kind} cycle {self.cycle}: {text}")
+
+    def run(self, cycles: int) -> Figures:
+        for self.cycle in range(1, cycles + 1):
+            if not self._start():
+                self._kill()
+                continue
+            self.check()
+            phase = self.rng.choice(PHASES)
+            self.figures.kills[phase] += 1
+            getattr(self, f"_kill_{phase}")()
+            self._after_kill()
+            self.figures.cycles += 1
+        self._final()
+        return self.figures
+
+    def _start(self) -> bool:
+        spawned = self._spawn()
+        if self.acceptor is not None:
+            at = self.acceptor("wait_first_229", timeout_s=READY_S)["at"]
+            if at is None:
+                self.violation("no 229 from the daemon")
+                return False
+            self.figures.first_229_s.append(at - spawned)
+        if not self._connect_world() or not wait_until(self._coins_enabled, READY_S, 0.03):
+            self.violation("the daemon did not enable coins after its start")
+            return False
+        return True
+
+    def _coins_enabled(self) -> bool:
+        if self.daemon is not None and self.daemon.poll() is not None:
+            return True  # it died: the check says so
+        if self.kiosk_state() not in ("idle", "credit"):
+            return False
+        if self.acceptor is not None:
+            truth = self.acceptor("truth")
+            return bool(truth["master_enabled"] and truth["masks"] and truth["all_read"])
+        assert self.world is not None
+        return bool(self.world("truth")["coins_enabled"])
+
+    def kiosk_state(self) -> str | None:
+        """The daemon's state, as `kiosk status` tells it through the control socket."""
+        from kiosk import cli
+
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(io.StringIO()):
+            status = cli.main(["status", "--json", "-c", str(self.profile)])
+        if status != 0:
+            return None
+        state: str | None = json.loads(said.getvalue()).get("state")
+        return state
+
+    def _after_kill(self) -> None:
+        if self.acceptor is None:
+            return
+        self.acceptor("host_down", counter=self.ledger.cursor_counter())
+        if self.rng.random() < 0.05:
+            self.acceptor("power_cycle")
+        if self.rng.random() < 0.5:
+            coins = [self.rng.choice((1, 2, 5)) for _ in range(self.rng.randint(1, 9))]
+            self.acceptor("insert", coins=coins)
+            self.figures.coins += len(coins)
+
+    # --- the kills -----------------------------------------------------------------------
+
+    def _insert(self, coins: list[int]) -> list[float | None]:
+        """Coins into the acceptor; for a pulse acceptor, when each train ends."""
+        self.figures.coins += len(coins)
+        if self.acceptor is not None:
+            self.acceptor("insert", coins=coins)
+            return [None] * len(coins)
+        assert self.world is not None
+        done: list[float | None] = self.world("insert", coins=coins)["done"]
+        return done
+
+    def _kill_burst(self) -> None:
+        coins = [self.rng.choice((1, 2, 5)) for _ in range(self.rng.randint(3, 10))]
+        if self.acceptor is not None:
+            spacing_s = self.rng.uniform(0.1, 0.4)  # a shopper feeding coins fast
+            cut_at = time.monotonic() + self.rng.uniform(0, spacing_s * len(coins))
+            for coin in coins:
+                if time.monotonic() >= cut_at:
+                    break
+                self._insert([coin])
+                time.sleep(min(spacing_s, max(0.0, cut_at - time.monotonic())))
+        else:
+            ends = [d for d in self._insert(coins) if d is not None]
+            if ends:
+                time.sleep(self.rng.uniform(0, max(0.0, max(ends) - time.monotonic())))
+        self._kill_noting()
+
+    def _kill_ledger_write(self) -> None:
+        coins = [self.rng.choice((1, 2, 5)) for _ in range(self.rng.randint(1, 2))]
+        if self.acceptor is not None:
+            reads = int(self.acceptor("truth")["reads"])
+            self._insert(coins)
+            self.acceptor("wait_read", after=reads, timeout_s=READY_S)
+            time.sleep(self.rng.uniform(0, 0.015))  # the coin is being written
+        else:
+            ends = [d for d in self._insert(coins) if d is not None]
+            if ends:
+                decoded = max(ends) + END_GAP_MS / 1000
+                time.sleep(max(0.0, decoded - time.monotonic()) + self.rng.uniform(0, 0.03))
+        self._kill_noting()
+
+    def _pay_and_press(self) -> int | None:
+        """Credit for a product in stock, then its button: the drops before the vend."""
+        assert self.world is not None
+        truth = self.world("truth")
+        slots = [int(s) for s, n in truth["stock"].items() if n > 0]
+        if not slots:
+            return None
+        slot = self.rng.choice(slots)
+        price = PRICES[slot]
+        missing = price - self.ledger.credit_cents()
+        coins: list[int] = []
+        while sum(coins) < missing:
+            coins.append(self.rng.choice((1, 2, 5, 5)))
+        if coins:
+            self._insert(coins)
+            if not wait_until(lambda: self.ledger.credit_cents() >= price, SETTLE_S + 20):
+                self.violation(f"credit {self.ledger.credit_cents()} c never reached {price} c")
+                return None
+        drops = int(truth["drops"])
+        self.world("press", slot=slot)
+        return drops
+
+    def _kill_vend(self) -> None:
+        assert self.world is not None
+        if self._pay_and_press() is not None:
+            self.world("wait_turning", timeout_s=SETTLE_S)
+            time.sleep(self.rng.uniform(0, REVOLUTION_S * 1.1))
+        self._kill_noting()
+
+    def _kill_outbox(self) -> None:
+        assert self.world is not None
+        sales = int(self.ledger.one("SELECT count(*) FROM sales") or 0)
+        if self._pay_and_press() is not None:
+            wait_until(
+                lambda: int(self.ledger.one("SELECT count(*) FROM sales") or 0) > sales,
+                SETTLE_S,
+                0.005,
+            )
+            time.sleep(self.rng.uniform(0, 0.03))  # the publisher sends the sale's rows
+        self._kill_noting()
+
+    def _kill_noting(self) -> None:
+        self._kill()
+        if self.ledger.one("SELECT count(*) FROM vends WHERE outcome = 'pending'"):
+            self.figures.mid_vend += 1
+        if self.ledger.unacked() > 0:
+            self.figures.unsent += 1
+        if self.kind == "pulse":
+            cut_at = time.monotonic()
+            recent = Counter(
+                v for v, done in replay(self.journal).cashbox if done > cut_at - CUT_TRAIN_S
+            )
+            self.cut_allowance.update(recent)
+
+    # --- the checks ----------------------------------------------------------------------
+
+    def check(self) -> None:
+        self._check_coins()
+        self._check_vends()
+        self._check_verify()
+
+    def _check_coins(self) -> None:
+        if self.acceptor is not None:
+            truth = self.acceptor("truth")
+            expected = (
+                Counter(truth["credited"]) - Counter(truth["lost_values"]) - Counter(truth["wiped"])
+            )
+            self.figures.lost_by_device = len(truth["lost_values"])
+            self.figures.wiped_by_power_cycle = len(truth["wiped"])
+            if not wait_until(lambda: self.ledger.coins() == expected, SETTLE_S, 0.02):
+                self.violation(
+                    f"coins in the ledger {dict(self.ledger.coins())}, "
+                    f"credited by the acceptor {dict(expected)}"
+                )
+            if len(truth["lost"]) > self.lost_seen:
+                reports = int(
+                    self.ledger.one("SELECT count(*) FROM events WHERE code = 'lost_events'") or 0
+                )
+                if reports <= self.lost_reports:
+                    self.violation("events lost by the acceptor, and no lost_events reported")
+                self.lost_seen, self.lost_reports = len(truth["lost"]), reports
+            return
+        cashbox = Counter(v for v, _ in replay(self.journal).cashbox)
+
+        def settled() -> bool:
+            return cashbox - self.ledger.coins() <= self.cut_allowance
+
+        if not wait_until(settled, SETTLE_S, 0.02):
+            self.violation(
+                f"coins in the ledger {dict(self.ledger.coins())}, in the cash box {dict(cashbox)}"
+            )
+        counted = self.ledger.coins()
+        if counted - cashbox:
+            self.violation(f"coins counted that never fell: {dict(counted - cashbox)}")
+        missing = cashbox - counted
+        self.figures.cut_trains = sum(missing.values())
+        self.cut_allowance = missing  # what is missing now stays missing
+
+    def _check_vends(self) -> None:
+        if not wait_until(
+            lambda: not self.ledger.one("SELECT count(*) FROM vends WHERE outcome = 'pending'"),
+            SETTLE_S,
+        ):
+            self.violation("a vend still pending after the start")
+        drops = replay(self.journal).drops
+        charged = self.ledger.rows(
+            "SELECT v.id, v.outcome FROM sales s JOIN vends v ON v.id = s.vend_id "
+            "WHERE v.outcome != 'delivered'"
+        )
+        if charged:
+            self.violation(f"sales for vends not delivered: {charged}")
+        self.figures.sales = int(self.ledger.one("SELECT count(*) FROM sales") or 0)
+        self.figures.interrupted_vends = int(
+            self.ledger.one("SELECT count(*) FROM vends WHERE outcome = 'interrupted'") or 0
+        )
+        for slot in PRICES:
+            sold = int(self.ledger.one("SELECT count(*) FROM sales WHERE slot = ?", slot) or 0)
+            unsold = int(
+                self.ledger.one(
+                    "SELECT count(*) FROM vends WHERE slot = ? AND outcome != 'delivered'", slot
+                )
+                or 0
+            )
+            found = self.ledger.rows(
+                "SELECT quantity, needs_recount FROM stock WHERE slot = ?", slot
+            )
+            if not found:
+                self.violation(f"slot {slot}: not in the ledger's stock")
+                continue
+            quantity, recount = found[0]
+            fell = drops[slot]
+            if sold > fell:
+                self.violation(f"slot {slot}: {sold} sales, {fell} products fell")
+            if fell - sold > unsold:
+                self.violation(
+                    f"slot {slot}: {fell - sold} products fell unsold, "
+                    f"only {unsold} vends not delivered"
+                )
+            if fell > sold and not recount:
+                self.violation(f"slot {slot}: {fell - sold} unsold products fell, no recount")
+            if quantity != CAPACITY - sold:
+                self.violation(
+                    f"slot {slot}: stock {quantity}, capacity less sales {CAPACITY - sold}"
+                )
+
+    def _check_verify(self) -> None:
+        from kiosk import cli
+
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said):
+            status = cli.main(["verify", "--db", str(self.db)])
+        if status != 0:
+            self.violation(f"kiosk verify: {said.getvalue().strip()}")
+
+    def _final(self) -> None:
+        """A last start: every invariant once more, then the outbox drained to the broker."""
+        self.cycle += 1
+        if not self._start():
+            self._kill()
+            return
+        self.check()
+        if self.subscriber is not None:
+            subscriber = self.subscriber
+            rows = {int(s) for (s,) in self.ledger.rows("SELECT seq FROM outbox")}
+            if not wait_until(lambda: rows <= subscriber.seen(), SETTLE_S * 3, 0.05):
+                missing = sorted(rows - subscriber.seen())
+                self.violation(f"outbox rows never delivered: {missing[:20]}")
+
+
+def run(
+    cycles: int, seed: int, profiles: list[str], directory: Path, broker: bool = True
+) -> Figures:
+    figures = Figures()
+    with contextlib.ExitStack() as stack:
+        address = None
+        if broker:
+            from sim.mosquitto import Mosquitto
+
+            mosquitto = stack.enter_context(Mosquitto(directory / "mosquitto"))
+            address = (mosquitto.host, mosquitto.port)
+        for i, kind in enumerate(profiles):
+            share = cycles // len(profiles) + (1 if i < cycles % len(profiles) else 0)
+            campaign = Campaign(kind, directory / kind, seed + i, address)
+            stack.callback(campaign.close)
+            figures.add(campaign.run(share))
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.powercut", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--cycles", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", choices=["cctalk", "pulse", "both"], default="both")
+    parser.add_argument(
+        "--dir", help="where the ledgers, journals and logs go (default: a temporary one)"
+    )
+    parser.add_argument("--no-broker", action="store_true", help="telemetry off")
+    args = parser.parse_args(argv)
+    profiles = ["cctalk", "pulse"] if args.profile == "both" else [args.profile]
+    with contextlib.ExitStack() as stack:
+        if args.dir is None:
+            import tempfile
+
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="powercut-")))
+        else:
+            directory = Path(args.dir)
+        figures = run(args.cycles, args.seed, profiles, directory, not args.no_broker)
+    print(figures.report())
+    return 1 if figures.violations else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
