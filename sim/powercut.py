@@ -47,6 +47,7 @@ PHASES = ("burst", "ledger_write", "vend", "outbox")
 READY_S = 20.0  # ceiling for a daemon to start and enable coins (a loaded machine)
 SETTLE_S = 10.0  # ceiling for the ledger to catch up with what the acceptor reported
 PRICES = {1: 10, 2: 15, 3: 20}
+SHOPPER_S = 0.15  # between two coins from a shopper in a hurry
 CAPACITY = 200
 # Slow trains: the mock pins see an edge when the world's thread gets to it, so a busy machine
 # stretches gaps by tens of milliseconds (lgpio on a Pi timestamps edges in the kernel instead).
@@ -257,9 +258,15 @@ class Campaign:
     """One kiosk (one ledger, one world, one acceptor) through `cycles` power cuts."""
 
     def __init__(
-        self, kind: str, directory: Path, seed: int, broker: tuple[str, int] | None = None
+        self,
+        kind: str,
+        directory: Path,
+        seed: int,
+        broker: tuple[str, int] | None = None,
+        downtime_coins: int | None = None,
     ) -> None:
         self.kind = kind
+        self.downtime_coins = downtime_coins  # coins after every kill; None: now and then
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(seed)
@@ -372,13 +379,18 @@ class Campaign:
     def violation(self, text: str) -> None:
         self.figures.violations.append(f"{self.kind} cycle {self.cycle}: {text}")
 
-    def run(self, cycles: int) -> Figures:
+    def run(self, cycles: int, phases: list[str] | None = None, first: int = 0) -> Figures:
+        """`cycles` lives of the daemon, each killed in a phase drawn at random, or taken in turn
+        from `phases` (starting at index `first`)."""
         for self.cycle in range(1, cycles + 1):
             if not self._start():
                 self._kill()
                 continue
             self.check()
-            phase = self.rng.choice(PHASES)
+            if phases:
+                phase = phases[(first + self.cycle - 1) % len(phases)]
+            else:
+                phase = self.rng.choice(PHASES)
             self.figures.kills[phase] += 1
             getattr(self, f"_kill_{phase}")()
             self._after_kill()
@@ -428,8 +440,11 @@ class Campaign:
         self.acceptor("host_down", counter=self.ledger.cursor_counter())
         if self.rng.random() < 0.05:
             self.acceptor("power_cycle")
-        if self.rng.random() < 0.5:
-            coins = [self.rng.choice((1, 2, 5)) for _ in range(self.rng.randint(1, 9))]
+        count = self.downtime_coins
+        if count is None:
+            count = self.rng.randint(1, 9) if self.rng.random() < 0.5 else 0
+        if count:
+            coins = [self.rng.choice((1, 2, 5)) for _ in range(count)]
             self.acceptor("insert", coins=coins)
             self.figures.coins += len(coins)
 
@@ -489,7 +504,12 @@ class Campaign:
         while sum(coins) < missing:
             coins.append(self.rng.choice((1, 2, 5, 5)))
         if coins:
-            self._insert(coins)
+            if self.acceptor is not None:
+                for coin in coins:  # a shopper's pace: the acceptor keeps five events
+                    self._insert([coin])
+                    time.sleep(SHOPPER_S)
+            else:
+                self._insert(coins)  # the pulse acceptor takes one coin at a time
             if not wait_until(lambda: self.ledger.credit_cents() >= price, SETTLE_S + 20):
                 self.violation(f"credit {self.ledger.credit_cents()} c never reached {price} c")
                 return None
@@ -501,7 +521,9 @@ class Campaign:
         assert self.world is not None
         if self._pay_and_press() is not None:
             self.world("wait_turning", timeout_s=SETTLE_S)
-            time.sleep(self.rng.uniform(0, REVOLUTION_S * 1.1))
+            # Before the cam is home again, when the sale would be recorded: still mid-vend,
+            # and from 0.85 of the turn on, the product has fallen.
+            time.sleep(self.rng.uniform(0, REVOLUTION_S * 0.95))
         self._kill_noting()
 
     def _kill_outbox(self) -> None:
@@ -645,8 +667,16 @@ class Campaign:
 
 
 def run(
-    cycles: int, seed: int, profiles: list[str], directory: Path, broker: bool = True
+    cycles: int,
+    seed: int,
+    profiles: list[str],
+    directory: Path,
+    broker: bool = True,
+    phases: list[str] | None = None,
+    downtime_coins: int | None = None,
 ) -> Figures:
+    """The cycles shared among the profiles in turn; `phases`, if given, taken in turn across
+    them."""
     figures = Figures()
     with contextlib.ExitStack() as stack:
         address = None
@@ -655,11 +685,13 @@ def run(
 
             mosquitto = stack.enter_context(Mosquitto(directory / "mosquitto"))
             address = (mosquitto.host, mosquitto.port)
+        done = 0
         for i, kind in enumerate(profiles):
             share = cycles // len(profiles) + (1 if i < cycles % len(profiles) else 0)
-            campaign = Campaign(kind, directory / kind, seed + i, address)
+            campaign = Campaign(kind, directory / kind, seed + i, address, downtime_coins)
             stack.callback(campaign.close)
-            figures.add(campaign.run(share))
+            figures.add(campaign.run(share, phases, done))
+            done += share
     return figures
 
 
@@ -674,7 +706,17 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", help="where the ledgers, journals and logs go (default: a temporary one)"
     )
     parser.add_argument("--no-broker", action="store_true", help="telemetry off")
+    parser.add_argument(
+        "--phases", help=f"kill in these phases in turn (comma-separated, of {', '.join(PHASES)})"
+    )
+    parser.add_argument(
+        "--downtime", type=int, help="coins into the acceptor after every kill (default: random)"
+    )
+    parser.add_argument("--json", action="store_true", help="the figures as JSON")
     args = parser.parse_args(argv)
+    phases = args.phases.split(",") if args.phases else None
+    if phases and not set(phases) <= set(PHASES):
+        parser.error(f"--phases: choose among {', '.join(PHASES)}")
     profiles = ["cctalk", "pulse"] if args.profile == "both" else [args.profile]
     with contextlib.ExitStack() as stack:
         if args.dir is None:
@@ -683,8 +725,16 @@ def main(argv: list[str] | None = None) -> int:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="powercut-")))
         else:
             directory = Path(args.dir)
-        figures = run(args.cycles, args.seed, profiles, directory, not args.no_broker)
-    print(figures.report())
+        figures = run(
+            args.cycles,
+            args.seed,
+            profiles,
+            directory,
+            not args.no_broker,
+            phases,
+            args.downtime,
+        )
+    print(json.dumps(vars(figures), indent=2) if args.json else figures.report())
     return 1 if figures.violations else 0
 
 
