@@ -202,8 +202,8 @@ class RealSpiral:
 
 
 class RealPulseMech:
-    """A pulse acceptor on real time: a coin is journaled into the cash box, then its train of
-    low pulses is sent; an inhibited or unknown coin is handed back."""
+    """A pulse acceptor on real time, one coin at a time: as a coin's train begins it is journaled
+    into the cash box; an inhibited or unknown coin is handed back."""
 
     def __init__(self, settings: PulseSettings, world: RealWorld) -> None:
         self.settings = settings
@@ -233,9 +233,17 @@ class RealPulseMech:
         period = width_s + gap_s
         done = start + count * period - gap_s
         self._free_at = done
-        self.world.journal.write(ev="coin", value=value_cents, done=done)
+
+        def drops_in() -> None:
+            # Into the cash box as its train begins: a coin still waiting in the shopper's
+            # hand when the power goes never went in.
+            self.world.journal.write(ev="coin", value=value_cents, done=done)
+            self.line.drive(False)
+
+        self.world.time.call_at(start, drops_in)
         for i in range(count):
-            self.world.time.call_at(start + i * period, lambda: self.line.drive(False))
+            if i:
+                self.world.time.call_at(start + i * period, lambda: self.line.drive(False))
             self.world.time.call_at(start + i * period + width_s, lambda: self.line.drive(True))
         return done
 
