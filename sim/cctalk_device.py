@@ -7,19 +7,32 @@ single-wire bus does (optional), and can take the time 9600 baud would. An inhib
 coin is handed back with an event, never credited. Fault knobs: silence, corrupt checksums, noise
 bytes, a chattering line, slow replies, bursts that overflow the buffer, power cycles, any event
 code, a self-check fault. Ground truth: the coins it credited, and the events that fell off the
-buffer unread.
+buffer unread, and those a power cycle wiped unread.
+
+As its own process (`python -m sim.cctalk_device --link PATH --control SOCK`, like hardware on
+its own supply) it symlinks PATH to its pseudo-terminal and takes orders on a Unix socket, one JSON
+object a line: insert coins, power-cycle, forget what a killed host had read but not kept, wait for
+the next read of new events or the first 229 after a host start, and tell its ground truth.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import random
 import select
+import signal
+import socket
+import socketserver
 import threading
 import time
 import tty
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from drivers.cctalk_codec import HOST, Checksum, Frame, FrameParser, encode
 
@@ -36,6 +49,8 @@ class DeviceTruth:
     returned: list[int] = field(default_factory=list)  # coins handed back
     lost: list[tuple[int, int]] = field(default_factory=list)  # events dropped unread (A, B)
     lost_cents: int = 0  # value of the credits among them
+    lost_values: list[int] = field(default_factory=list)  # those credits, one value each
+    wiped: list[int] = field(default_factory=list)  # credits unread when the power went
 
     @property
     def credited_cents(self) -> int:
@@ -72,6 +87,10 @@ class SimCcTalkAcceptor:
         self.cvf = False  # option flag bit 0: credit codes are values, not positions
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        self._read = threading.Condition(self._lock)  # notified at every 229 answered
+        self.reads = 0  # 229 replies that carried new events
+        self.first_229_at: float | None = None  # monotonic time of the first 229 since a start
+        self._history: deque[tuple[int, int]] = deque(maxlen=1024)  # (serial, counter) pushed
         self._power_up()
         self._master, slave = os.openpty()
         tty.setraw(slave)
@@ -127,17 +146,51 @@ class SimCcTalkAcceptor:
 
     def power_cycle(self) -> None:
         with self._lock:
+            for a, _, serial in self.buffer:
+                if serial > self._delivered and a:
+                    self.truth.wiped.append(self._credit_value(a))
             self._power_up()
+            self._history.clear()
+
+    def host_down(self, counter: int | None) -> None:
+        """The host died having kept events up to `counter` (its ledger's cursor): those it read
+        and did not keep are unread again, and lost if they fall off the buffer before the next
+        host reads them."""
+        with self._lock:
+            kept = 0
+            for serial, number in reversed(self._history):
+                if serial <= self._delivered and number == counter:
+                    kept = serial
+                    break
+            self._delivered = min(self._delivered, kept)
+
+    def expect_start(self) -> None:
+        """A host is about to start: the next 229 is timed as its first."""
+        with self._lock:
+            self.first_229_at = None
+
+    def wait_read(self, after: int, timeout_s: float) -> int:
+        """Until a 229 reply carrying new events makes `reads` exceed `after`; returns it."""
+        with self._read:
+            self._read.wait_for(lambda: self.reads > after, timeout_s)
+            return self.reads
+
+    def wait_first_229(self, timeout_s: float) -> float | None:
+        with self._read:
+            self._read.wait_for(lambda: self.first_229_at is not None, timeout_s)
+            return self.first_229_at
 
     def _push(self, a: int, b: int) -> None:
         self.counter = self.counter % 255 + 1
         self._serial_no += 1
         dropped_a, dropped_b, dropped_serial = self.buffer[-1]
         self.buffer = [(a, b, self._serial_no), *self.buffer[:4]]
+        self._history.append((self._serial_no, self.counter))
         if dropped_serial > self._delivered:
             self.truth.lost.append((dropped_a, dropped_b))
             if dropped_a:
                 self.truth.lost_cents += self._credit_value(dropped_a)
+                self.truth.lost_values.append(self._credit_value(dropped_a))
 
     @property
     def all_read(self) -> bool:
@@ -216,7 +269,12 @@ class SimCcTalkAcceptor:
         if header == 232:
             return bytes([self.self_check_fault])
         if header == 229:
+            if self.first_229_at is None:
+                self.first_229_at = time.monotonic()
+            if self._delivered != self._serial_no:
+                self.reads += 1
             self._delivered = self._serial_no
+            self._read.notify_all()
             return bytes([self.counter]) + bytes(x for a, b, _ in self.buffer for x in (a, b))
         if header == 231 and 1 <= len(data) <= 16:
             self.masks = int.from_bytes(data[:2], "little")
@@ -241,3 +299,127 @@ class SimCcTalkAcceptor:
         self._thread.join()
         os.close(self._master)
         os.close(self._slave)
+
+    def truth_json(self) -> dict[str, Any]:
+        with self._lock:
+            truth = asdict(self.truth)
+            truth.update(
+                master_enabled=self.master_enabled,
+                masks=self.masks,
+                all_read=self._delivered == self._serial_no,
+                reads=self.reads,
+                first_229_at=self.first_229_at,
+            )
+            return truth
+
+
+# --- as its own process -----------------------------------------------------------------------
+
+
+class _Orders(socketserver.StreamRequestHandler):
+    """One connection: an order a line, a JSON reply a line."""
+
+    server: OrderServer
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            try:
+                reply = self.server.order(json.loads(line))
+            except (ValueError, KeyError, TypeError) as err:
+                reply = {"error": str(err)}
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+            self.wfile.flush()
+
+
+class OrderServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Orders in JSON lines on a Unix socket, each answered by `order(message) -> reply`."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str, order: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.order = order
+        super().__init__(path, _Orders)
+
+
+def device_orders(device: SimCcTalkAcceptor) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def order(message: dict[str, Any]) -> dict[str, Any]:
+        op = message["op"]
+        timeout_s = float(message.get("timeout_s", 10.0))
+        if op == "insert":
+            return {"credited": device.burst([int(v) for v in message["coins"]])}
+        if op == "power_cycle":
+            device.power_cycle()
+        elif op == "host_down":
+            device.host_down(message.get("counter"))
+        elif op == "expect_start":
+            device.expect_start()
+        elif op == "wait_read":
+            return {"reads": device.wait_read(int(message["after"]), timeout_s)}
+        elif op == "wait_first_229":
+            return {"at": device.wait_first_229(timeout_s)}
+        elif op == "truth":
+            return device.truth_json()
+        else:
+            raise ValueError(f"unknown order {op!r}")
+        return {}
+
+    return order
+
+
+class OrderLink:
+    """The other end of an order socket: `link(op, **args)` sends one order, returns the reply."""
+
+    def __init__(self, path: str, timeout_s: float = 30.0) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout_s)
+        self._sock.connect(path)
+        self._file = self._sock.makefile("rwb")
+
+    def __call__(self, op: str, **args: Any) -> dict[str, Any]:
+        self._file.write(json.dumps({"op": op, **args}).encode() + b"\n")
+        self._file.flush()
+        reply: dict[str, Any] = json.loads(self._file.readline())
+        if "error" in reply:
+            raise RuntimeError(f"order {op}: {reply['error']}")
+        return reply
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.cctalk_device", description="a simulated ccTalk coin acceptor"
+    )
+    parser.add_argument("--link", required=True, help="symlink to the pseudo-terminal's slave")
+    parser.add_argument("--control", required=True, help="Unix socket for the world's orders")
+    parser.add_argument("--checksum", default="8bit", choices=[c.value for c in Checksum])
+    parser.add_argument("--no-echo", action="store_true")
+    parser.add_argument("--address", type=int, default=2)
+    args = parser.parse_args(argv)
+    device = SimCcTalkAcceptor(
+        address=args.address, checksum=Checksum(args.checksum), echo=not args.no_echo
+    )
+    for path in (args.link, args.control):
+        if os.path.lexists(path):
+            os.unlink(path)
+    os.symlink(device.path, args.link)
+    server = OrderServer(args.control, device_orders(device))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print("ready", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.05)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        for path in (args.link, args.control):
+            if os.path.lexists(path):
+                os.unlink(path)
+        device.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
