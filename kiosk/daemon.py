@@ -75,17 +75,16 @@ def _run(config: Config, pins: Any) -> int:
     for number in STATUS_SIGNALS:
         signal.signal(number, status)
     telemetry = None
-    if config.mqtt.enabled:
-        from kiosk.telemetry import Telemetry  # paho is loaded only where telemetry is on
-
-        telemetry = Telemetry(config, config.ledger.path, events.put)
-        controller.attach(telemetry)
     notifier = Notifier()
     controller.watch(notifier)
     try:
-        controller.start()
+        controller.start()  # the acceptor polled from here on: nothing else before it
         control.start()
-        if telemetry is not None:
+        if config.mqtt.enabled:
+            from kiosk.telemetry import Telemetry  # paho is loaded only where telemetry is on
+
+            telemetry = Telemetry(config, config.ledger.path, events.put)
+            controller.attach(telemetry)
             telemetry.start()
         notifier.ready(f"{config.kiosk.id} started, {controller.state}")
         controller.run()
