@@ -44,9 +44,14 @@ class Row:
     def message_json(self, kiosk_id: str, *, historical: bool) -> str:
         """message() as JSON, the stored body spliced in as it is (not parsed and written
         again: a backlog of thousands drains at the broker's pace, not the encoder's). The
-        envelope is ASCII (ids, a timestamp, a kind), so json's shared default encoder does."""
-        envelope = json.dumps(self.envelope(kiosk_id, historical=historical))
-        return envelope if self.body_json == "{}" else f"{envelope[:-1]}, {self.body_json[1:]}"
+        envelope's strings need no escaping: uuids, an ISO timestamp, a kind of ours and a
+        kiosk id of [A-Za-z0-9_-] (kiosk/config.py)."""
+        envelope = (
+            f'{{"msg_id": "{self.msg_id}", "seq": {self.seq}, "boot_id": "{self.boot_id}", '
+            f'"kiosk_id": "{kiosk_id}", "ts": "{self.at}", '
+            f'"historical": {"true" if historical else "false"}, "kind": "{self.kind}"'
+        )
+        return f"{envelope}}}" if self.body_json == "{}" else f"{envelope}, {self.body_json[1:]}"
 
     def envelope(self, kiosk_id: str, *, historical: bool) -> dict[str, Any]:
         return {

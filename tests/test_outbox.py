@@ -5,9 +5,11 @@ was sent, and remote commands read and checked before they reach the core."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -80,6 +82,23 @@ def test_a_write_that_fails_leaves_no_message(books: Ledger) -> None:
     with pytest.raises(Refused):
         books.refill(1, 1, BY)  # no such slot: refused inside the transaction
     assert outbox.rows_after(books.db, 0, 100) == before
+
+
+@given(
+    body=st.dictionaries(st.text(min_size=1), st.integers() | st.text() | st.booleans()),
+    kiosk_id=st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True),
+    historical=st.booleans(),
+    seq=st.integers(min_value=1, max_value=2**62),
+)
+def test_a_message_spliced_as_text_is_the_message(
+    body: dict[str, Any], kiosk_id: str, historical: bool, seq: int
+) -> None:
+    row = outbox.Row(
+        seq, str(uuid.uuid4()), "sale", json.dumps(body, ensure_ascii=False),
+        "2026-12-02T06:30:00.123Z", str(uuid.uuid4()),
+    )  # fmt: skip
+    text = row.message_json(kiosk_id, historical=historical)
+    assert json.loads(text) == row.message(kiosk_id, historical=historical)
 
 
 def test_marks_keep_a_watermark_over_acks_out_of_order(tmp_path: Path) -> None:
