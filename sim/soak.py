@@ -104,6 +104,8 @@ class Soak(Population):
         self.check_every = check_every
         self.on_restart = on_restart
         self.on_shopper: Callable[[], None] = lambda: None
+        self.progress: Callable[[str], None] = lambda line: None
+        self._started = time.perf_counter()
         self.figures = Figures()
         self._restart_due = False
         self._marks = self._stock_marks()
@@ -125,6 +127,12 @@ class Soak(Population):
         if self.tally.shoppers % self.check_every == 0:
             self.settle()
             self.check(f"after shopper {self.tally.shoppers}")
+            wall_s = time.perf_counter() - self._started
+            self.progress(
+                f"soak: {self.tally.shoppers} of {self.count} shoppers, "
+                f"{self.rig.clock.now / 3600:.1f} h simulated, {wall_s:.0f} s, "
+                f"{len(self.figures.violations)} violations"
+            )
         return iter(())
 
     def _may_restart(self) -> bool:
@@ -322,6 +330,7 @@ def soak(
     check_every: int = 1000,
     mqtt: bool = False,
     outages: float = 0.002,
+    progress: Callable[[str], None] = lambda line: None,
 ) -> Result:
     odds = dict(SOAK_ODDS if odds is None else odds)
     with tempfile.TemporaryDirectory(prefix="kiosk-soak-", dir=scratch_dir()) as tmp:
@@ -345,6 +354,7 @@ def soak(
                 check_every=max(1, check_every),
                 on_restart=telemetry.attach if mqtt else lambda rig: None,
             )
+            run.progress = progress
             try:
                 if mqtt:
                     telemetry.attach(rig)
@@ -443,6 +453,10 @@ def _rate(text: str) -> tuple[str, float]:
     return name, odds
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.soak", description=__doc__.split("\n")[0])
     parser.add_argument("--shoppers", type=int, default=100_000, metavar="N")
@@ -472,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--outages", type=float, default=0.002, help="--mqtt: broker outage odds per shopper"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("-v", "--verbose", action="store_true", help="the kiosk's warnings too")
     args = parser.parse_args(argv)
     # The kiosk logs every fault it meets (with the ccTalk traffic around it): a soak's worth of
@@ -496,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_every=args.check_every,
         mqtt=args.mqtt,
         outages=args.outages,
+        progress=(lambda line: None) if args.quiet else _say,
     )
     if args.json:
         print(json.dumps({**result.figures, "violation_lines": result.violations}, indent=2))
