@@ -176,11 +176,11 @@ class Soak(Population):
             return
         device = world.coins.device
         if self._fault("corrupt_replies"):
-            count = rng.choice([1, 2, 4, 24])  # 24: more than the retries of five polls (lost)
-            during(lambda: setattr(device, "corrupt_replies", device.corrupt_replies + count))
+            corrupt = rng.choice([1, 2, 4, 24])  # 24: more than the retries of five polls (lost)
+            during(lambda: setattr(device, "corrupt_replies", device.corrupt_replies + corrupt))
         if self._fault("serial_noise"):
-            count = rng.randint(1, 60)
-            during(lambda: setattr(device, "noise_bytes", device.noise_bytes + count))
+            garbage = rng.randint(1, 60)
+            during(lambda: setattr(device, "noise_bytes", device.noise_bytes + garbage))
         if self._fault("acceptor_reset"):
             during(lambda: self._when_all_read(device.power_cycle))
         if self._fault("lost_events"):
