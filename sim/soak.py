@@ -43,6 +43,7 @@ from kiosk.config import Config
 from sim.demo import scratch_dir
 from sim.rig import SimKiosk
 from sim.shoppers import FAULT_ODDS, Population, ground_truth
+from sim.soak_mqtt import OUTAGE_S, SoakTelemetry
 from sim.world import CcTalkCoinMech
 
 CCTALK_ODDS = {  # per shopper arrival; faults only a ccTalk acceptor has
@@ -330,6 +331,7 @@ def soak(
     check_every: int = 1000,
     mqtt: bool = False,
     outages: float = 0.002,
+    outage_s: tuple[float, float] = OUTAGE_S,
     progress: Callable[[str], None] = lambda line: None,
 ) -> Result:
     odds = dict(SOAK_ODDS if odds is None else odds)
@@ -338,9 +340,7 @@ def soak(
         started = time.perf_counter()
         telemetry: Any = contextlib.nullcontext()
         if mqtt:
-            from sim.soak_mqtt import SoakTelemetry
-
-            telemetry = SoakTelemetry(Path(tmp), seed, outages)
+            telemetry = SoakTelemetry(Path(tmp), seed, outages, outage_s)
             config = telemetry.configure(config)
         with telemetry:
             rig = SimKiosk(config, path)

@@ -38,10 +38,17 @@ OUTAGE_S = (0.1, 2.0)  # wall seconds the broker stays away (simulated time runs
 
 
 class SoakTelemetry:
-    def __init__(self, directory: Path, seed: int, outage_odds: float) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        seed: int,
+        outage_odds: float,
+        outage_s: tuple[float, float] = OUTAGE_S,
+    ) -> None:
         self.broker = Mosquitto(directory / "broker")
         self.rng = random.Random(f"broker {seed}")
         self.outage_odds = outage_odds
+        self.outage_s = outage_s
         self.outages = 0
         self.telemetry: Telemetry | None = None
         self.received: Counter[str] = Counter()  # msg_id -> copies heard
@@ -119,7 +126,7 @@ class SoakTelemetry:
         elif self.rng.random() < self.outage_odds:
             self.broker.stop()
             self.outages += 1
-            self._back_at = time.monotonic() + self.rng.uniform(*OUTAGE_S)
+            self._back_at = time.monotonic() + self.rng.uniform(*self.outage_s)
 
     # --- at the end -----------------------------------------------------------------------
 

@@ -65,7 +65,16 @@ def test_soak_with_broker_outages(pulse_config: Config) -> None:
     # Fewer restarts: each one stops the kiosk's telemetry, which waits (up to 3 s of real time)
     # for its `offline` to be acknowledged when the broker is away.
     odds = {**HIGH, "restart": 0.02}
-    result = soak.soak(pulse_config, 300, 13, odds=odds, check_every=100, mqtt=True, outages=0.2)
+    result = soak.soak(
+        pulse_config,
+        300,
+        13,
+        odds=odds,
+        check_every=100,
+        mqtt=True,
+        outages=0.2,
+        outage_s=(0.02, 0.2),
+    )
     assert_clean(result, set(SOAK_ODDS) - set(CCTALK_ODDS))
     telemetry = result.figures["telemetry"]
     assert telemetry["broker_outages"] > 0
