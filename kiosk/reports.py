@@ -30,6 +30,21 @@ def _scalar(db: Database, sql: str, params: Any = ()) -> int:
     return int(db.execute(sql, params).fetchone()[0] or 0)
 
 
+# Each table summed per session once, then joined: a subquery per session would scan the coins
+# once per session (no index on session_id), and take hours on a ledger of a few years.
+SESSION_BALANCES = """
+    SELECT s.id, s.balance_cents, s.closed_at,
+        coalesce(c.paid, 0), coalesce(x.spent, 0), coalesce(d.given, 0)
+    FROM credit_sessions s
+    LEFT JOIN (SELECT session_id, sum(value_cents) AS paid FROM coins GROUP BY session_id) c
+        ON c.session_id = s.id
+    LEFT JOIN (SELECT session_id, sum(price_cents) AS spent FROM sales GROUP BY session_id) x
+        ON x.session_id = s.id
+    LEFT JOIN (SELECT session_id, sum(amount_cents) AS given FROM donations GROUP BY session_id) d
+        ON d.session_id = s.id
+"""
+
+
 def check_money(db: Database) -> Check:
     check = Check("money")
     coins = _scalar(db, "SELECT sum(value_cents) FROM coins")
@@ -41,15 +56,7 @@ def check_money(db: Database) -> Check:
             f"coins {coins} c != sales {sales} c + donations {donations} c "
             f"+ open credit {open_credit} c"
         )
-    rows = db.execute(
-        """
-        SELECT s.id, s.balance_cents, s.closed_at,
-            (SELECT coalesce(sum(value_cents), 0) FROM coins WHERE session_id = s.id),
-            (SELECT coalesce(sum(price_cents), 0) FROM sales WHERE session_id = s.id),
-            (SELECT coalesce(sum(amount_cents), 0) FROM donations WHERE session_id = s.id)
-        FROM credit_sessions s
-        """
-    )
+    rows = db.execute(SESSION_BALANCES)
     for session, balance, closed_at, paid, spent, given in rows:
         if paid - spent - given != balance:
             check.differences.append(

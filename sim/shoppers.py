@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from sqlite_utils import Database
 
 from kiosk import reports
+from kiosk.core import Controller
 from kiosk.events import Refill
 from kiosk.machine import State
 from sim.clock import SimClock
 from sim.rig import SimKiosk
 
 ARRIVAL_MEAN_S = 120.0
+TRAVEL_S = 1800.0  # the technician's, to the kiosk
+SERVICE_S = 60.0  # the technician's, with the door open before the refills, and after
 FAULT_ODDS = {  # per shopper arrival
     "jam": 0.004,
     "empty_spiral": 0.004,
@@ -69,11 +72,33 @@ class Process:
 
 
 class Population:
-    def __init__(self, rig: SimKiosk, count: int, seed: int) -> None:
+    """The shoppers of a run. Knobs: the odds of each fault per arrival, the mean time between
+    arrivals and the technician's travel time. The kiosk is looked up at every move (`rig` may be
+    replaced by a restarted one between two moves)."""
+
+    def __init__(
+        self,
+        rig: SimKiosk,
+        count: int,
+        seed: int,
+        *,
+        odds: dict[str, float] | None = None,
+        arrival_mean_s: float = ARRIVAL_MEAN_S,
+        travel_s: float = TRAVEL_S,
+        service_s: float = SERVICE_S,
+    ) -> None:
         self.rig = rig
         self.count = count
         self.rng = random.Random(seed)
         self.tally = Tally()
+        self.odds = dict(FAULT_ODDS if odds is None else odds)
+        self.arrival_mean_s = arrival_mean_s
+        self.travel_s = travel_s
+        self.service_s = service_s
+
+    @property
+    def ctl(self) -> Controller:
+        return self.rig.controller
 
     # --- the day ----------------------------------------------------------------------------
 
@@ -85,31 +110,36 @@ class Population:
 
     def _day(self) -> Iterator[float]:
         for _ in range(self.count):
-            yield self.rng.expovariate(1 / ARRIVAL_MEAN_S)
+            yield self.rng.expovariate(1 / self.arrival_mean_s)
             self._inject_faults()
             self.tally.shoppers += 1
             yield from self._shopper()
             if self._needs_technician():
                 yield from self._technician()
+            yield from self._after_shopper()
+
+    def _after_shopper(self) -> Iterator[float]:
+        """What else happens between two shoppers (nothing here; a soak checks the ledger)."""
+        return iter(())
 
     # --- one shopper ------------------------------------------------------------------------
 
     def _shopper(self) -> Iterator[float]:
-        ctl, world, rng = self.rig.controller, self.rig.world, self.rng
-        if ctl.state not in (State.IDLE, State.CREDIT):
+        world, rng = self.rig.world, self.rng
+        if self.ctl.state not in (State.IDLE, State.CREDIT):
             self.tally.turned_away += 1
             return
         mood = rng.choices(["buyer", "short", "walk_away", "canceller"], [75, 10, 8, 7])[0]
-        slot = rng.choice(sorted(ctl.slots))
-        if not ctl.slots[slot].sellable or rng.random() < 0.15:
+        slot = rng.choice(sorted(self.ctl.slots))
+        if not self.ctl.slots[slot].sellable or rng.random() < 0.15:
             world.press(slot)  # reads the price, or learns it is sold out
             yield 2.0
-            choices = [s for s, state in ctl.slots.items() if state.sellable]
+            choices = [s for s, state in self.ctl.slots.items() if state.sellable]
             if not choices:
                 self.tally.turned_away += 1
                 return
             slot = rng.choice(choices)
-        price = ctl.slots[slot].price_cents
+        price = self.ctl.slots[slot].price_cents
         budget = price if mood != "short" else rng.randint(1, max(1, price - 1))
         yield from self._pay(budget)
         yield 2.0
@@ -122,29 +152,29 @@ class Population:
             return
         for _ in range(3):  # after a failed vend, try another product
             world.press(slot)
-            if ctl.credit_cents < price:
+            if self.ctl.credit_cents < price:
                 self.tally.walked_away += 1
                 return
             self.tally.purchases_tried += 1
             yield 1.0
-            while ctl.state is State.VENDING:
+            while self.ctl.state is State.VENDING:
                 yield 1.0
             choices = [
                 s
-                for s, state in ctl.slots.items()
-                if state.sellable and state.price_cents <= ctl.credit_cents
+                for s, state in self.ctl.slots.items()
+                if state.sellable and state.price_cents <= self.ctl.credit_cents
             ]
-            if ctl.state is not State.CREDIT or not choices:
+            if self.ctl.state is not State.CREDIT or not choices:
                 return
             if rng.random() < 0.5:
                 return  # leaves the rest of the credit
             slot = rng.choice(choices)
-            price = ctl.slots[slot].price_cents
+            price = self.ctl.slots[slot].price_cents
 
     def _pay(self, budget_cents: int) -> Iterator[float]:
-        ctl, world, rng = self.rig.controller, self.rig.world, self.rng
+        world, rng = self.rig.world, self.rng
         coins = [1, 2, 5]
-        while ctl.credit_cents < budget_cents and ctl.state in (State.IDLE, State.CREDIT):
+        while self.ctl.credit_cents < budget_cents and self.ctl.state in (State.IDLE, State.CREDIT):
             if self._fault("coin_burst"):
                 world.burst([rng.choice(coins) for _ in range(rng.randint(2, 4))])
                 yield 3.0
@@ -154,20 +184,20 @@ class Population:
                 if world.insert_coin(value):
                     break
                 yield 1.5
-            yield from self._watch_credit(ctl.credit_cents)
+            yield from self._watch_credit(self.ctl.credit_cents)
             yield rng.uniform(0.3, 2.0)
 
     def _watch_credit(self, before: int) -> Iterator[float]:
         """Most shoppers wait to see the coin on the display before the next one."""
         for _ in range(12):
-            if self.rig.controller.credit_cents != before or self.rng.random() < 0.1:
+            if self.ctl.credit_cents != before or self.rng.random() < 0.1:
                 return
             yield 0.25
 
     # --- the world's misfortunes ------------------------------------------------------------
 
     def _fault(self, name: str) -> bool:
-        if self.rng.random() < FAULT_ODDS[name]:
+        if self.rng.random() < self.odds.get(name, 0.0):
             self.tally.faults[name] += 1
             return True
         return False
@@ -194,26 +224,25 @@ class Population:
     # --- the technician ---------------------------------------------------------------------
 
     def _needs_technician(self) -> bool:
-        ctl = self.rig.controller
-        if ctl.state is State.OUT_OF_SERVICE:
+        if self.ctl.state is State.OUT_OF_SERVICE:
             return True
-        low = [s for s in ctl.slots.values() if s.quantity < s.capacity // 3 or s.fault]
+        low = [s for s in self.ctl.slots.values() if s.quantity < s.capacity // 3 or s.fault]
         return len(low) >= 2
 
     def _technician(self) -> Iterator[float]:
-        ctl, world = self.rig.controller, self.rig.world
-        yield 1800.0  # travel time
-        while ctl.state is State.VENDING:
+        world = self.rig.world
+        yield self.travel_s
+        while self.ctl.state is State.VENDING:
             yield 5.0
         self.tally.technician_visits += 1
         world.open_door()
-        yield 60.0
+        yield self.service_s
         world.repair()
         for slot in sorted(world.spirals):
             added = world.refill(slot)
             if added:
                 self.rig.events.put(Refill(slot, added))
-        yield 60.0
+        yield self.service_s
         world.close_door()
         yield 5.0
 
@@ -243,6 +272,7 @@ class LedgerMark:
     sales_by_slot: dict[int, int] = field(default_factory=dict)
     cashbox_cents: int = 0  # the world's
     delivered: dict[int, int] = field(default_factory=dict)  # the world's, per slot
+    lost_cents: int = 0  # the world's: credits dropped unread by the acceptor
 
     @classmethod
     def of(cls, rig: SimKiosk) -> LedgerMark:
@@ -252,6 +282,7 @@ class LedgerMark:
             _sales_by_slot(rig.ledger.db),
             truth.cashbox_cents,
             dict(truth.delivered),
+            rig.world.lost_cents,
         )
 
 
@@ -260,16 +291,20 @@ def _sales_by_slot(db: Database) -> dict[int, int]:
 
 
 def ground_truth(rig: SimKiosk, before: LedgerMark | None = None) -> reports.Check:
-    """The ledger against the world: every coin in the cash box is counted, and no slot has sold
-    more products than fell from it, since `before`."""
+    """The ledger against the world: every coin in the cash box is counted (but those whose
+    events the acceptor lost unread), and no slot has sold more products than fell from it, since
+    `before`."""
     before = before or LedgerMark()
     check = reports.Check("ground truth")
     truth, db = rig.world.truth, rig.ledger.db
     counted = reports.totals(db).coins_cents - before.coins_cents
     fallen = truth.cashbox_cents - before.cashbox_cents
-    if fallen != counted:
+    lost = rig.world.lost_cents - before.lost_cents
+    if fallen - lost != counted:
         check.differences.append(
-            f"the cash box took {fallen} c, the ledger counts {counted} c"
+            f"the cash box took {fallen} c"
+            + (f" ({lost} c of them lost unread by the acceptor)" if lost else "")
+            + f", the ledger counts {counted} c"
             + (" in this run" if before.coins_cents else "")
         )
     for slot, sales in sorted(_sales_by_slot(db).items()):

@@ -361,6 +361,14 @@ class World:
     def noise(self, width_s: float) -> bool:
         return self.coins.noise(width_s)
 
+    @property
+    def lost_cents(self) -> int:
+        """Credits in the cash box that no host can count: a ccTalk acceptor dropped their events
+        from its buffer unread (the kiosk reports that events were lost, not which)."""
+        if isinstance(self.coins, CcTalkCoinMech):
+            return self.coins.device.truth.lost_cents
+        return 0
+
     def close(self) -> None:
         """Release what the world holds outside the pins (a simulated serial device)."""
         if isinstance(self.coins, CcTalkCoinMech):

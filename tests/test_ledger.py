@@ -185,3 +185,20 @@ def test_verify_catches_tampering(books: Ledger, db_path: Path, tamper: str, che
     with sqlite3.connect(db_path) as conn:
         conn.execute(tamper)
     assert check in failed(db_path)
+
+
+def test_verify_reads_each_table_once_not_once_per_session(books: Ledger, db_path: Path) -> None:
+    plan = [row[3] for row in books.db.execute("EXPLAIN QUERY PLAN " + reports.SESSION_BALANCES)]
+    assert not [step for step in plan if "CORRELATED" in step], plan
+    assert sum("SCAN coins" in step for step in plan) == 1, plan
+
+
+def test_verify_names_the_session_whose_balance_is_off(books: Ledger, db_path: Path) -> None:
+    books.record_coin(5)
+    books.record_coin(2)
+    books.complete_sale(books.start_vend(2, 7), "dropped")  # a session without donations
+    books.record_coin(1)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE coins SET session_id = 1 WHERE id = 3")  # the new session's coin
+    money = failed(db_path)["money"]
+    assert any(line.startswith("credit session 1: coins 8 - sales 7") for line in money), money
