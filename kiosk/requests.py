@@ -18,6 +18,8 @@ from typing import Any
 from kiosk.errors import Refused
 
 MAX_REQUEST_BYTES = 4096
+MAX_DEPTH = 16  # arrays and objects within one another; a request needs three
+STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')  # JSON string literals, escapes included
 MAX_PRICE_CENTS = 10_000  # as a profile's slots[].price_cents
 MAX_QUANTITY = 200  # as a profile's slots[].capacity
 MAX_COUNTED_CENTS = 10_000_000
@@ -119,13 +121,29 @@ def read_json(raw: bytes) -> Any:
     pass). ValueError otherwise: json.loads would take UTF-16 and UTF-32 as well, so that a
     line of NUL-laden bytes could still be run as a request. ValueError too for a string with
     a lone surrogate (the escape \\ud800 is valid JSON but no character): SQLite could not
-    record it nor the socket send it back. RecursionError if nested too deep."""
-    message = json.loads(raw.decode("utf-8-sig"))  # UnicodeDecodeError is a ValueError
+    record it nor the socket send it back; and for arrays or objects nested deeper than
+    MAX_DEPTH (whether json.loads would recurse too deep depends on the caller's stack)."""
+    text = raw.decode("utf-8-sig")  # UnicodeDecodeError is a ValueError
+    if _depth(text) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    message = json.loads(text)
     try:
         json.dumps(message, ensure_ascii=False).encode()
     except UnicodeEncodeError:
         raise ValueError("a string holds a lone surrogate (an escape such as \\ud800)") from None
     return message
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON text (strings left out)."""
+    depth = deepest = 0
+    for char in STRINGS.sub('""', text):
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def parse_line(line: bytes) -> tuple[Request, Any]:
@@ -135,7 +153,7 @@ def parse_line(line: bytes) -> tuple[Request, Any]:
         raise Refused(f"request longer than {MAX_REQUEST_BYTES} bytes")
     try:
         message = read_json(line)
-    except (ValueError, RecursionError) as err:
+    except ValueError as err:
         raise Refused(f"not a JSON request: {err}") from None
     if not isinstance(message, dict):
         raise Refused('a request is a JSON object: {"request": NAME, "args": {...}}')

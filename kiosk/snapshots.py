@@ -196,7 +196,7 @@ def read_command(name: str, payload: bytes) -> RemoteCommand:
         return RemoteCommand(name, None, None, f"payload longer than {MAX_REQUEST_BYTES} bytes")
     try:
         message = read_json(payload) if payload.strip() else {}
-    except (ValueError, RecursionError) as err:
+    except ValueError as err:
         return RemoteCommand(name, None, None, f"not JSON: {err}")
     if not isinstance(message, dict):
         return RemoteCommand(name, None, None, "a command is a JSON object")

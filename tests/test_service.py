@@ -328,6 +328,7 @@ def test_bad_requests_are_refused_with_a_reason(name: str, args: Any, reason: st
         (b"\xff\xfe", "not a JSON request"),
         (b'{"request": "status", "args": 5}', "arguments must be an object"),
         (b" " * 5000, "longer than"),
+        (b'{"request": "status", "id": ' + b"[" * 17 + b"]" * 17 + b"}", "nested deeper than 16"),
     ],
 )
 def test_bad_lines_are_refused_with_a_reason(line: bytes, reason: str) -> None:
@@ -343,3 +344,15 @@ def test_no_line_gets_past_the_checks_unless_it_is_a_request(line: bytes) -> Non
         assert str(err)
     else:
         assert request.name in requests.COMMANDS
+
+
+@given(st.integers(min_value=1, max_value=1500), st.sampled_from(["[", '{"a": ']))
+def test_how_deep_a_line_may_nest_does_not_depend_on_the_stack(depth: int, opener: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    inner = f"{opener * (depth - 1)}0{closer * (depth - 1)}"
+    line = f'{{"request": "status", "id": {inner}}}'.encode()
+    if depth > requests.MAX_DEPTH or len(line) > requests.MAX_REQUEST_BYTES:
+        with pytest.raises(Refused):
+            requests.parse_line(line)
+    else:
+        assert requests.parse_line(line)[0].name == "status"
