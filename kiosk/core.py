@@ -43,7 +43,8 @@ from kiosk.events import DURABLE, Command, CoreEvent, Refill, Shutdown
 from kiosk.hardware import Hardware
 from kiosk.ledger import Actor, Fault, Ledger, SlotState
 from kiosk.machine import ACCEPTING, KioskModel, State, build
-from kiosk.screen import Screen, View
+from kiosk.outward import KEEPALIVE, Outward
+from kiosk.screen import Screen
 from kiosk.service import Desk
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ STORAGE_RETRY_S = 1.0
 RETRY = "storage_retry"
 PRUNE = "outbox_prune"
 PRUNE_EVERY_S = 24 * 3600.0
-KEEPALIVE = "watchdog"
 ACCEPTOR = "coin_acceptor"
 STORAGE = ("kiosk", "storage")
 INTERNAL = ("kiosk", "internal_error")
@@ -96,7 +96,7 @@ class Controller:
         )
         self._vend: tuple[int, int] | None = None  # (vend id, slot)
         self._pending: collections.deque[CoreEvent] = collections.deque()
-        self._storage_error: tuple[str, str] | None = None  # (since, what failed)
+        self.storage_error: tuple[str, str] | None = None  # (since, what failed)
         self._running = False
         self._stop_after_vend = False
         self.desk = Desk(self)
@@ -104,8 +104,7 @@ class Controller:
         self.started_at = clock.monotonic()
         self.identity: dict[str, str] = {}  # the coin acceptor's, as it last reported
         self.coins_saved = 0  # coins ever taken here: the idle screen says so
-        self.telemetry: Telemetry | None = None  # told of each change of state; never waited on
-        self.notifier: Notifier | None = None  # systemd's watchdog, kept alive from this loop
+        self.outward = Outward(self)  # the screen, telemetry and systemd, told of each change
 
     @property
     def state(self) -> State:
@@ -122,7 +121,7 @@ class Controller:
     @property
     def storage_failing(self) -> bool:
         """Writes are waiting for the ledger to take them again."""
-        return self._storage_error is not None or bool(self._pending)
+        return self.storage_error is not None or bool(self._pending)
 
     @property
     def donation_pending(self) -> bool:
@@ -221,7 +220,7 @@ class Controller:
         if self.deadlines.take(PRUNE, now):
             self._prune(now)
         if self.deadlines.take(KEEPALIVE, now):
-            self._keepalive(now)
+            self.outward.keepalive(now)
         if self.screen.expire(now):
             self._show_state()
         if self.credit.counting_down:
@@ -237,40 +236,29 @@ class Controller:
         self.ledger.prune_outbox(self.config.mqtt.outbox_keep_days)
         self.deadlines.set(PRUNE, now + PRUNE_EVERY_S, background=True)
 
-    def attach(self, telemetry: Telemetry) -> None:
-        """Telemetry from now on, told the state at once."""
-        self.telemetry = telemetry
-        self._show_state()
+    def attach(self, telemetry: Telemetry | None) -> None:
+        self.outward.attach(telemetry)
 
     def watch(self, notifier: Notifier) -> None:
-        """systemd's watchdog kept alive from this loop from now on (when it has one)."""
-        self.notifier = notifier
-        if notifier.keepalive_s is not None:
-            self.deadlines.set(KEEPALIVE, self.clock.monotonic(), background=True)
+        self.outward.watch(notifier)
 
-    def _keepalive(self, now: float) -> None:
-        """A keep-alive only while healthy: the loop turned (it is this call, on time or late)
-        and the ledger takes writes; else the status says why, and systemd restarts the
-        daemon once the watchdog's time is up."""
-        assert self.notifier is not None and self.notifier.keepalive_s is not None
-        self.deadlines.set(KEEPALIVE, now + self.notifier.keepalive_s, background=True)
-        faults = ", ".join(f"{d}:{c}" for d, c in sorted(self.model.faults)) or "none"
-        status = f"{self.state}, {self.credit_cents} c of credit, faults: {faults}"
-        if self._storage_error is not None:
-            since, what = self._storage_error
-            self.notifier.status(f"unhealthy: the ledger refuses writes since {since} ({what})")
-        else:
-            self.notifier.alive(status)
+    @property
+    def telemetry(self) -> Telemetry | None:
+        return self.outward.telemetry
+
+    @telemetry.setter
+    def telemetry(self, telemetry: Telemetry | None) -> None:
+        self.outward.telemetry = telemetry
 
     # --- storage -----------------------------------------------------------------------------
 
     def _storage_failed(self, err: LedgerError) -> None:
         now = self.clock.monotonic()
         self.deadlines.set(RETRY, now + STORAGE_RETRY_S)
-        if self._storage_error is not None:
+        if self.storage_error is not None:
             return
         log.error("%s: coins inhibited until the ledger takes writes again", err)
-        self._storage_error = (self.ledger.now_iso(), str(err))
+        self.storage_error = (self.ledger.now_iso(), str(err))
         self.hw.acceptor.set_accepting(False)  # at once, whatever the state
         self._block(STORAGE)
 
@@ -287,15 +275,15 @@ class Controller:
                     self.deadlines.set(RETRY, now)
                     raise
                 self._pending.popleft()
-            if self._storage_error is not None:
-                since, detail = self._storage_error
+            if self.storage_error is not None:
+                since, detail = self.storage_error
                 self.ledger.record_outage(Fault(*STORAGE, since, detail), "writes succeed again")
         except LedgerError as err:
             self._storage_failed(err)
             return
-        if self._storage_error is not None:
+        if self.storage_error is not None:
             log.info("the ledger takes writes again")
-            self._storage_error = None
+            self.storage_error = None
             self._unblock(STORAGE)
 
     # --- faults ------------------------------------------------------------------------------
@@ -586,36 +574,14 @@ class Controller:
 
     def _outputs(self, state: State) -> None:
         stopping = self._stop_after_vend  # the vend that ends now is the last
-        accepting = state in ACCEPTING and self._storage_error is None and not stopping
+        accepting = state in ACCEPTING and self.storage_error is None and not stopping
         self.hw.acceptor.set_accepting(accepting)
         for slot in self.slots.values():
             self.hw.panel.set_led(slot.slot, accepting and slot.sellable)
 
     def _show_state(self) -> None:
-        now = self.clock.monotonic()
-        self.screen.show(self._view(), now)
-        if self.telemetry is not None:
-            self.telemetry.state_changed(
-                {
-                    "boot_id": self.ledger.boot_id,
-                    "state": str(self.state),
-                    "credit_cents": self.credit_cents,
-                    "service_mode": self.model.service_mode,
-                    "uptime_s": round(now - self.started_at, 1),
-                }
-            )
+        self.outward.show()
 
-    def _view(self) -> View:
-        vend_slot = None if self._vend is None else self.slots.get(self._vend[1])
-        return View(
-            state=self.state,
-            credit_cents=self.credit_cents,
-            donation_seconds=self.credit.seconds_left(self.clock.monotonic()),
-            beneficiary=self.config.credit.beneficiary,
-            product=None if vend_slot is None else vend_slot.product,
-            fault=min(self.model.faults) if self.model.faults else None,
-            coins_cents=tuple(sorted(self.hw.acceptor.denominations)),
-            offers=tuple((s.product, s.price_cents) for s in self.slots.values() if s.sellable),
-            coins_saved=self.coins_saved,
-            door_open=self.model.door_open,
-        )
+    @property
+    def vending_slot(self) -> SlotState | None:
+        return None if self._vend is None else self.slots.get(self._vend[1])
