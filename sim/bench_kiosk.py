@@ -67,13 +67,17 @@ class TimedAcceptor(SimCcTalkAcceptor):
         return super()._handle(header, data)
 
 
-def profile(tmp: Path, port: str, db: Path, poll_ms: int) -> Path:
-    """config/cctalk-bench.toml on `port` with its ledger at `db`."""
+def profile(
+    tmp: Path, port: str, db: Path, poll_ms: int | None = None, name: str = "bench.toml"
+) -> Path:
+    """config/cctalk-bench.toml on `port` with its ledger at `db` (and its poll interval), written
+    to `tmp`/`name`."""
     text = (config_mod.CONFIG_DIR / "cctalk-bench.toml").read_text()
     text = text.replace('port = "/dev/ttyUSB0"', f'port = "{port}"')
     text = text.replace('path = "bench.db"', f'path = "{db}"')
-    text = re.sub(r"poll_interval_ms = \d+", f"poll_interval_ms = {poll_ms}", text)
-    path = tmp / "bench.toml"
+    if poll_ms is not None:
+        text = re.sub(r"poll_interval_ms = \d+", f"poll_interval_ms = {poll_ms}", text)
+    path = tmp / name
     path.write_text(text)
     return path
 

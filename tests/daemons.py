@@ -1,5 +1,6 @@
 """The daemon as a process for the tests: `kiosk run` on mock pins with a profile pointing at a
-simulated ccTalk acceptor's pseudo-terminal (fixtures `daemons` and `device`)."""
+simulated ccTalk acceptor's pseudo-terminal (sim.bench_kiosk.profile): fixtures `daemons` and
+`device`."""
 
 from __future__ import annotations
 
@@ -12,21 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from kiosk.config import CONFIG_DIR
 from sim.cctalk_device import SimCcTalkAcceptor
 
 TIMEOUT_S = 20.0
-
-
-def profile(tmp_path: Path, port: str, db: Path, name: str = "bench.toml") -> Path:
-    text = (CONFIG_DIR / "cctalk-bench.toml").read_text()
-    path = tmp_path / name
-    path.write_text(
-        text.replace('port = "/dev/ttyUSB0"', f'port = "{port}"').replace(
-            'path = "bench.db"', f'path = "{db}"'
-        )
-    )
-    return path
 
 
 def run(config: Path, **extra: str) -> subprocess.Popen[str]:

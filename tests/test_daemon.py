@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 from broker import Broker, Subscriber
-from daemons import Daemons, profile
+from daemons import Daemons
 
 from kiosk import cli
+from sim.bench_kiosk import profile
 from sim.cctalk_device import SimCcTalkAcceptor
 
 TIMEOUT_S = 20.0
@@ -107,7 +108,7 @@ def test_a_second_daemon_on_the_same_acceptor_is_refused(
 ) -> None:
     first = daemons(profile(tmp_path, device.path, tmp_path / "one.db"))
     wait_for(lambda: device.master_enabled, "the first kiosk to enable coins")
-    second = daemons(profile(tmp_path, device.path, tmp_path / "two.db", "two.toml"))
+    second = daemons(profile(tmp_path, device.path, tmp_path / "two.db", name="two.toml"))
     output, _ = second.communicate(timeout=TIMEOUT_S)
     assert second.returncode == 1
     assert f"kiosk: error: ccTalk port {device.path} is in use by process {first.pid}" in output
@@ -126,7 +127,7 @@ def test_a_second_daemon_on_the_same_ledger_is_refused(
     wait_for(lambda: device.master_enabled, "the first kiosk to enable coins")
     other = SimCcTalkAcceptor(echo=False)
     try:
-        second = daemons(profile(tmp_path, other.path, db, "two.toml"))
+        second = daemons(profile(tmp_path, other.path, db, name="two.toml"))
         output, _ = second.communicate(timeout=TIMEOUT_S)
     finally:
         other.close()

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemons import Daemons, profile
+from daemons import Daemons
 from scenarios import COIN_S
 from test_failed_writes import lock
 
 from kiosk.config import Config
 from kiosk.machine import State
 from kiosk.notify import Notifier
+from sim.bench_kiosk import profile
 from sim.cctalk_device import SimCcTalkAcceptor
 from sim.live import LiveKiosk
 from sim.rig import SimKiosk
