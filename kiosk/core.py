@@ -7,7 +7,8 @@ waits on a device. An event that must be recorded (a coin, a vend's outcome, a f
 pending until its ledger write commits: on a write failure coins are inhibited at once and the
 pending events are written again, in order, until storage answers. Any other unexpected error
 stops selling safely (coins inhibited, motors off, out of service) until a technician closes the
-door again.
+door again. Faults, storage and halts are kiosk/safety.py's; what the screen, telemetry and
+systemd are told is kiosk/outward.py's.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from drivers.base import (
     SelectPressed,
     VendFinished,
     VendOutcome,
-    best_effort,
 )
 from drivers.clock import Clock
 from kiosk import figures
@@ -41,9 +41,10 @@ from kiosk.deadlines import Deadlines
 from kiosk.errors import LedgerError
 from kiosk.events import DURABLE, Command, CoreEvent, Refill, Shutdown
 from kiosk.hardware import Hardware
-from kiosk.ledger import Actor, Fault, Ledger, SlotState
+from kiosk.ledger import Actor, Ledger, SlotState
 from kiosk.machine import ACCEPTING, KioskModel, State, build
 from kiosk.outward import KEEPALIVE, Outward
+from kiosk.safety import ACCEPTOR, ADVISORY, RETRY, Safety
 from kiosk.screen import Screen
 from kiosk.service import Desk
 
@@ -53,15 +54,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STORAGE_RETRY_S = 1.0
-RETRY = "storage_retry"
 PRUNE = "outbox_prune"
 PRUNE_EVERY_S = 24 * 3600.0
-ACCEPTOR = "coin_acceptor"
-STORAGE = ("kiosk", "storage")
-INTERNAL = ("kiosk", "internal_error")
 PANEL = Actor("technician", "panel")  # at the kiosk itself: the door, products put in by hand
-ADVISORY = frozenset({"telemetry"})  # devices whose faults do not stop the kiosk selling
 
 
 # A failed vend marks the slot with this fault; BLOCKED is the drop sensor's, not the slot's.
@@ -94,9 +89,8 @@ class Controller:
             config.credit.inactivity_timeout_s,
             config.credit.donation_countdown_s,
         )
-        self._vend: tuple[int, int] | None = None  # (vend id, slot)
-        self._pending: collections.deque[CoreEvent] = collections.deque()
-        self.storage_error: tuple[str, str] | None = None  # (since, what failed)
+        self.vend: tuple[int, int] | None = None  # (vend id, slot)
+        self.pending: collections.deque[CoreEvent] = collections.deque()
         self._running = False
         self._stop_after_vend = False
         self.desk = Desk(self)
@@ -104,11 +98,17 @@ class Controller:
         self.started_at = clock.monotonic()
         self.identity: dict[str, str] = {}  # the coin acceptor's, as it last reported
         self.coins_saved = 0  # coins ever taken here: the idle screen says so
+        self.safety = Safety(self)  # faults, the ledger refusing writes, unexpected errors
         self.outward = Outward(self)  # the screen, telemetry and systemd, told of each change
 
     @property
     def state(self) -> State:
         return State(self.model.state)
+
+    @property
+    def storage_error(self) -> tuple[str, str] | None:
+        """(since, what failed) while the ledger refuses writes."""
+        return self.safety.storage_error
 
     @property
     def running(self) -> bool:
@@ -121,7 +121,7 @@ class Controller:
     @property
     def storage_failing(self) -> bool:
         """Writes are waiting for the ledger to take them again."""
-        return self.storage_error is not None or bool(self._pending)
+        return self.storage_error is not None or bool(self.pending)
 
     @property
     def donation_pending(self) -> bool:
@@ -131,10 +131,10 @@ class Controller:
     def settled(self) -> bool:
         """Nothing under way: no vend, message, timer, pending write or coin being read."""
         return (
-            self._vend is None
+            self.vend is None
             and self.deadlines.empty
             and not self.credit.counting_down
-            and not self._pending
+            and not self.pending
             and not self.hw.acceptor.reading
             and not self.hw.dispenser.busy
             and not self.desk.testing
@@ -193,10 +193,10 @@ class Controller:
                 self._dispatch(event)
             self._service(self.clock.monotonic())
         except LedgerError as err:  # a timer's write (a donation): retried when storage is back
-            self._storage_failed(err)
+            self.safety.storage_failed(err)
         except Exception as err:  # the top of the core thread: stop selling, keep the books
             log.exception("core error, going out of service")
-            self._halt(err)
+            self.safety.halt(err)
 
     def deadlines_next(self) -> float | None:
         candidates = [self.deadlines.next(), self.credit.next_tick(self.clock.monotonic())]
@@ -204,19 +204,19 @@ class Controller:
 
     def _dispatch(self, event: CoreEvent) -> None:
         durable = isinstance(event, DURABLE)
-        if self._pending and durable:
-            self._pending.append(event)  # after those still waiting: the books keep the order
+        if self.pending and durable:
+            self.pending.append(event)  # after those still waiting: the books keep the order
             return
         try:
             self.handle(event)
         except LedgerError as err:
             if durable:
-                self._pending.append(event)
-            self._storage_failed(err)
+                self.pending.append(event)
+            self.safety.storage_failed(err)
 
     def _service(self, now: float) -> None:
         if self.deadlines.take(RETRY, now):
-            self._retry_storage(now)
+            self.safety.retry_storage(now)
         if self.deadlines.take(PRUNE, now):
             self._prune(now)
         if self.deadlines.take(KEEPALIVE, now):
@@ -226,7 +226,7 @@ class Controller:
         if self.credit.counting_down:
             if not self.credit.donation_due(now):
                 self._show_state()
-            elif not self.hw.acceptor.reading and self.events.empty() and not self._pending:
+            elif not self.hw.acceptor.reading and self.events.empty() and not self.pending:
                 self._donate()  # not while a coin is being read, or read but not yet counted
         if self.credit.inactive(now):
             self._leave_credit("inactivity")
@@ -249,104 +249,6 @@ class Controller:
     @telemetry.setter
     def telemetry(self, telemetry: Telemetry | None) -> None:
         self.outward.telemetry = telemetry
-
-    # --- storage -----------------------------------------------------------------------------
-
-    def _storage_failed(self, err: LedgerError) -> None:
-        now = self.clock.monotonic()
-        self.deadlines.set(RETRY, now + STORAGE_RETRY_S)
-        if self.storage_error is not None:
-            return
-        log.error("%s: coins inhibited until the ledger takes writes again", err)
-        self.storage_error = (self.ledger.now_iso(), str(err))
-        self.hw.acceptor.set_accepting(False)  # at once, whatever the state
-        self._block(STORAGE)
-
-    def _retry_storage(self, now: float) -> None:
-        try:
-            while self._pending:
-                event = self._pending[0]
-                try:
-                    self.handle(event)
-                except LedgerError:
-                    raise
-                except Exception:  # not storage: this one cannot be handled, the rest still can
-                    self._pending.popleft()
-                    self.deadlines.set(RETRY, now)
-                    raise
-                self._pending.popleft()
-            if self.storage_error is not None:
-                since, detail = self.storage_error
-                self.ledger.record_outage(Fault(*STORAGE, since, detail), "writes succeed again")
-        except LedgerError as err:
-            self._storage_failed(err)
-            return
-        if self.storage_error is not None:
-            log.info("the ledger takes writes again")
-            self.storage_error = None
-            self._unblock(STORAGE)
-
-    # --- faults ------------------------------------------------------------------------------
-
-    def _block(self, key: tuple[str, str]) -> None:
-        self.model.faults.add(key)
-        if self.state in (State.IDLE, State.CREDIT):
-            self.credit.stop()
-            self.model.fault()
-        else:
-            self._outputs(self.state)  # LEDs and coins follow the new fault
-
-    def _unblock(self, key: tuple[str, str]) -> None:
-        self.model.faults.discard(key)
-        if self.state is State.OUT_OF_SERVICE:
-            self.model.recover()
-
-    def _on_fault(self, event: DeviceFault) -> None:
-        key = (event.device, event.code)
-        if event.device in ADVISORY:  # recorded and reported; selling goes on
-            if event.active:
-                self.ledger.set_fault(Fault(*key, "", event.detail))
-            else:
-                self.ledger.clear_fault(*key, event.detail)
-            return
-        if event.active:
-            self.ledger.set_fault(Fault(*key, "", event.detail))
-            self._block(key)
-        else:
-            self.ledger.clear_fault(*key, event.detail)
-            self._unblock(key)
-        if self.state is State.STARTING and event.device == ACCEPTOR and event.active:
-            self.model.ready()  # the acceptor cannot be set up: out of service, it retries
-
-    def _on_ready(self, event: DeviceReady) -> None:
-        log.info("%s ready: %s", event.device, event.detail)
-        if event.device == ACCEPTOR and event.identity:
-            self.ledger.set_identity(ACCEPTOR, event.identity)
-            self.identity = dict(event.identity)
-        for fault in self.ledger.faults():
-            if fault.device == event.device and fault.code not in event.faults:
-                self.ledger.clear_fault(fault.device, fault.code, "not present at start")
-                self._unblock((fault.device, fault.code))
-        if self.state is State.STARTING and event.device == ACCEPTOR:
-            self.model.ready()
-
-    def _halt(self, err: Exception) -> None:
-        """Unexpected error: every safe action tried on its own, then out of service."""
-        best_effort("motors off", self.hw.dispenser.stop_all)
-        best_effort("coins inhibited", lambda: self.hw.acceptor.set_accepting(False))
-        self.model.faults.add(INTERNAL)
-        vend, self._vend = self._vend, None
-        fault = Fault(*INTERNAL, "", str(err))
-        try:
-            if vend is not None:
-                self.ledger.interrupt_vend(vend[0], "internal error during the vend", fault)
-            else:
-                self.ledger.set_fault(fault)
-        except LedgerError:
-            log.exception("cannot record the fault")
-        self.desk.abort("the kiosk stopped selling on an internal error")
-        best_effort("slots reloaded", self.reload_slots)
-        self.model.halt()
 
     # --- events ------------------------------------------------------------------------------
 
@@ -372,9 +274,9 @@ class Controller:
             case DoorChanged():
                 self._on_door(event.is_open)
             case DeviceFault():
-                self._on_fault(event)
+                self.safety.on_fault(event)
             case DeviceReady():
-                self._on_ready(event)
+                self.safety.on_ready(event)
             case DeviceNotice():
                 self.ledger.record_event(
                     "notice",
@@ -395,8 +297,8 @@ class Controller:
                 assert_never(event)
 
     def _shutdown(self) -> None:
-        if self._pending:  # storage is failing: waiting for it could take for ever
-            log.error("stopping with %d event(s) not written to the ledger", len(self._pending))
+        if self.pending:  # storage is failing: waiting for it could take for ever
+            log.error("stopping with %d event(s) not written to the ledger", len(self.pending))
             self._running = False
             return
         # A vend ends within max_run_s: let it, so nothing is dispensed uncharged.
@@ -435,20 +337,20 @@ class Controller:
         elif self.credit_cents < slot.price_cents:
             self.screen.say(now, "missing", missing=slot.price_cents - self.credit_cents, **fields)
         else:
-            self._vend = (self.ledger.start_vend(slot_id, slot.price_cents), slot_id)
+            self.vend = (self.ledger.start_vend(slot_id, slot.price_cents), slot_id)
             self.screen.drop_message()
             self.model.select()
             self.hw.dispenser.vend(slot_id)
 
     def _on_vend_finished(self, event: VendFinished) -> None:
-        if self._vend is None and self.desk.test_vend_finished(
+        if self.vend is None and self.desk.test_vend_finished(
             event.slot, event.outcome, event.detail, SLOT_FAULTS.get(event.outcome)
         ):
             return
-        if self._vend is None or self._vend[1] != event.slot:
+        if self.vend is None or self.vend[1] != event.slot:
             log.warning("vend result for slot %d with no vend running: ignored", event.slot)
             return
-        vend_id, slot_id = self._vend
+        vend_id, slot_id = self.vend
         product = self.slots[slot_id].product
         now = self.clock.monotonic()
         if event.outcome is VendOutcome.DELIVERED:
@@ -459,7 +361,7 @@ class Controller:
             fault = SLOT_FAULTS.get(event.outcome)
             self.ledger.fail_vend(vend_id, event.outcome, event.detail, fault)
             self.screen.say(now, "vend_failed", credit=self.credit_cents)
-        self._vend = None
+        self.vend = None
         self.reload_slots()
         self.model.vend_done()
         if self._stop_after_vend:
@@ -555,7 +457,7 @@ class Controller:
         elif self.state is State.OUT_OF_SERVICE and not self.model.is_blocked():
             self.model.recover()
         else:
-            self._outputs(self.state)
+            self.outputs(self.state)
             self._show_state()
 
     def reload_slots(self) -> None:
@@ -565,14 +467,14 @@ class Controller:
 
     def _entered(self, state: State) -> None:
         log.info("state %s", state)
-        self._outputs(state)
+        self.outputs(state)
         if state is State.CREDIT:
             self.credit.touch(self.clock.monotonic())
         elif state is not State.STARTING:
             self.credit.stop()
         self._show_state()
 
-    def _outputs(self, state: State) -> None:
+    def outputs(self, state: State) -> None:
         stopping = self._stop_after_vend  # the vend that ends now is the last
         accepting = state in ACCEPTING and self.storage_error is None and not stopping
         self.hw.acceptor.set_accepting(accepting)
@@ -584,4 +486,4 @@ class Controller:
 
     @property
     def vending_slot(self) -> SlotState | None:
-        return None if self._vend is None else self.slots.get(self._vend[1])
+        return None if self.vend is None else self.slots.get(self.vend[1])

@@ -187,10 +187,10 @@ def test_a_command_that_breaks_the_core_is_still_answered(kiosk: SimKiosk) -> No
 
 
 def test_requests_that_write_wait_for_storage(kiosk: SimKiosk) -> None:
-    kiosk.controller._pending.append(Refill(1, 1))  # a write the ledger has not yet taken
+    kiosk.controller.pending.append(Refill(1, 1))  # a write the ledger has not yet taken
     assert "storage" in refused(kiosk, "price", slot=1, price_cents=30)
     assert ok(kiosk, "status")["state"] == "idle"
-    kiosk.controller._pending.clear()
+    kiosk.controller.pending.clear()
 
 
 def test_a_jammed_test_vend_marks_the_slot_and_a_technician_clears_it(kiosk: SimKiosk) -> None:
