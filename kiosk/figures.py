@@ -21,7 +21,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from kiosk.config import CashboxSection, ImpactSection
-from kiosk.ledger_base import SlotState, read_slots
+from kiosk.ledger_base import SlotState, cashbox_coins, read_slots
 from kiosk.upkeep import Collection
 
 
@@ -120,11 +120,7 @@ class Cashbox:
 
 
 def cashbox(db: Database, section: CashboxSection) -> Cashbox:
-    coins = dict(
-        db.execute(
-            "SELECT value_cents, count FROM cashbox WHERE count > 0 ORDER BY value_cents"
-        ).fetchall()
-    )
+    coins = cashbox_coins(db)
     solid_ml = sum(n * COIN_PHYSICS[v].volume_ml for v, n in coins.items() if v in COIN_PHYSICS)
     volume_ml = solid_ml / LOOSE_PACKING
     last = _last_collection(db)

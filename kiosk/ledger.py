@@ -189,11 +189,6 @@ class Ledger(Upkeep):
                 "UPDATE credit_sessions SET balance_cents = balance_cents + ? WHERE id = ?",
                 [value_cents, session],
             )
-            self.db.execute(
-                "INSERT INTO cashbox VALUES (?, 1) "
-                "ON CONFLICT (value_cents) DO UPDATE SET count = count + 1",
-                [value_cents],
-            )
         return self.credit_cents()
 
     def _open_session(self, at: str) -> int:

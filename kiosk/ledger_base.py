@@ -70,6 +70,17 @@ def read_slots(db: Database) -> dict[int, SlotState]:
     }
 
 
+def cashbox_coins(db: Database) -> dict[int, int]:
+    """What the cash box holds, by denomination: the coins accepted since the last collection.
+    Derived from the coins themselves, so a coin's transaction writes no count beside it."""
+    rows = db.execute(
+        "SELECT value_cents, count(*) FROM coins "
+        "WHERE id > (SELECT coalesce(max(last_coin_id), 0) FROM collections) "
+        "GROUP BY value_cents ORDER BY value_cents"
+    )
+    return dict(rows.fetchall())
+
+
 @dataclass(frozen=True)
 class Fault:
     device: str

@@ -180,4 +180,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         )
         """,
     ),
+    (
+        6,
+        "the cash box derived from the coins since the last collection",
+        # A count per denomination beside the coins was one more page written with every coin,
+        # and a second record of the same fact. Collections made before migration 4 said 0 c:
+        # they get what the coins in their range add up to, as later ones recorded it.
+        """
+        DROP TABLE cashbox;
+        UPDATE collections SET expected_cents = coalesce((
+            SELECT sum(value_cents) FROM coins
+            WHERE id <= collections.last_coin_id AND id > (
+                SELECT coalesce(max(p.last_coin_id), 0) FROM collections p
+                WHERE p.id < collections.id
+            )
+        ), 0) WHERE expected_cents = 0
+        """,
+    ),
 ]

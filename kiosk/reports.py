@@ -3,7 +3,9 @@
 Invariants:
 - money: coins accepted = sales + donations + open credit, and every credit session's balance
   equals its coins less its sales and donations;
-- cash box: coins since the last collection = cash box content, per denomination;
+- cash box: each collection took out what the coins accepted since the one before add up to,
+  and no collection stands after a coin that is not in the ledger (the cash box itself is the
+  coins since the last collection: kiosk.ledger_base.cashbox_coins);
 - stock: per slot, last count + refills since - sales and test vends delivered since = stock
   now, never below zero.
 """
@@ -71,20 +73,32 @@ def check_money(db: Database) -> Check:
     return check
 
 
+# Each collection with the coins between it and the one before, the coins read once.
+COLLECTIONS = """
+    WITH c AS (
+        SELECT id, expected_cents, last_coin_id,
+            coalesce(lag(last_coin_id) OVER (ORDER BY id), 0) AS after_coin
+        FROM collections
+    )
+    SELECT c.id, c.expected_cents, c.after_coin, c.last_coin_id, coalesce(sum(k.value_cents), 0)
+    FROM c LEFT JOIN coins k ON k.id > c.after_coin AND k.id <= c.last_coin_id
+    GROUP BY c.id ORDER BY c.id
+"""
+
+
 def check_cashbox(db: Database) -> Check:
     check = Check("cash box")
-    since = _scalar(db, "SELECT coalesce(max(last_coin_id), 0) FROM collections")
-    counted = dict(
-        db.execute(
-            "SELECT value_cents, count(*) FROM coins WHERE id > ? GROUP BY value_cents", [since]
-        ).fetchall()
-    )
-    content = dict(db.execute("SELECT value_cents, count FROM cashbox").fetchall())
-    for value in sorted(set(counted) | set(content)):
-        if counted.get(value, 0) != content.get(value, 0):
+    last_coin = _scalar(db, "SELECT max(id) FROM coins")
+    for collection, expected, after_coin, upto, coins in db.execute(COLLECTIONS):
+        if upto < after_coin or upto > last_coin:
             check.differences.append(
-                f"{value} c coins: {counted.get(value, 0)} accepted since the last collection, "
-                f"{content.get(value, 0)} in the cash box"
+                f"collection {collection}: up to coin {upto}, after coin {after_coin} "
+                f"(the ledger's last coin is {last_coin})"
+            )
+        elif expected != coins:
+            check.differences.append(
+                f"collection {collection}: {expected} c taken out, the coins accepted since the "
+                f"collection before add up to {coins} c"
             )
     return check
 

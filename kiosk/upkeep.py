@@ -18,7 +18,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from kiosk.errors import Refused
-from kiosk.ledger_base import Actor, Fault, LedgerBase, slot_device
+from kiosk.ledger_base import Actor, Fault, LedgerBase, cashbox_coins, slot_device
 
 INTERNAL = ("kiosk", "internal_error")
 SERVICE_MODE = "service_mode"
@@ -138,18 +138,13 @@ class Upkeep(LedgerBase):
         """The cash box emptied: what the ledger says was in it is taken out, and what the
         technician counted, if given, is kept beside it with the difference."""
         with self._tx() as at:
-            coins = dict(
-                self.db.execute(
-                    "SELECT value_cents, count FROM cashbox WHERE count > 0 ORDER BY value_cents"
-                ).fetchall()
-            )
+            coins = cashbox_coins(self.db)
             expected = sum(value * count for value, count in coins.items())
             self.db.execute(
                 "INSERT INTO collections (at, last_coin_id, actor, expected_cents, counted_cents, "
                 "origin) VALUES (?, (SELECT coalesce(max(id), 0) FROM coins), ?, ?, ?, ?)",
                 [at, by.user, expected, counted_cents, by.origin],
             )
-            self.db.execute("DELETE FROM cashbox")
             collection = Collection(at, by.user, coins, expected, counted_cents)
             detail = f"{expected} c in the ledger"
             if counted_cents is not None:

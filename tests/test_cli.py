@@ -198,9 +198,11 @@ def test_verify_a_fresh_ledger(ledger_copy: Path, capsys: pytest.CaptureFixture[
 
 TAMPERING = [
     (
-        "UPDATE cashbox SET count = count + 1 WHERE value_cents = 5",
+        "INSERT INTO collections (at, last_coin_id, actor, expected_cents, origin) "
+        "VALUES ('2026-01-01T00:00:00Z', (SELECT max(id) FROM coins), 'x', 1, 'cli')",
         "cash box",
-        r"5 c coins: \d+ accepted since the last collection, \d+ in the cash box",
+        r"collection 1: 1 c taken out, the coins accepted since the collection before add up "
+        r"to \d+ c",
     ),
     (
         "UPDATE stock SET quantity = quantity + 1 WHERE slot = 2",
@@ -401,7 +403,7 @@ def test_verify_reads_the_wal_a_crashed_daemon_left(
     crash = (
         "import os, sqlite3, sys\n"
         "conn = sqlite3.connect(sys.argv[1])\n"
-        "conn.execute('UPDATE cashbox SET count = count + 1 WHERE value_cents = 5')\n"
+        "conn.execute('UPDATE stock SET quantity = quantity + 1 WHERE slot = 2')\n"
         "conn.commit()\n"
         "os._exit(0)\n"
     )
@@ -409,7 +411,7 @@ def test_verify_reads_the_wal_a_crashed_daemon_left(
     before = listing(ledger_copy.parent)
     assert "copy.db-wal" in before and lock.holder(ledger_copy) is None
     assert cli.main(["verify", "--db", str(ledger_copy)]) == 1
-    assert "cash box: FAILED\n  5 c coins: " in capsys.readouterr().out
+    assert "stock: FAILED\n  slot 2: " in capsys.readouterr().out
     assert listing(ledger_copy.parent) == before
 
 

@@ -12,7 +12,7 @@ from kiosk import reports
 from kiosk.config import Config
 from kiosk.errors import LedgerError
 from kiosk.ledger import Actor, Ledger
-from kiosk.ledger_base import CORE_BUSY_TIMEOUT_MS
+from kiosk.ledger_base import CORE_BUSY_TIMEOUT_MS, cashbox_coins
 from kiosk.migrations import MIGRATIONS
 from kiosk.schema import connect
 from sim.clock import SimClock
@@ -69,17 +69,18 @@ def test_a_coin_and_its_credit_commit_together(books: Ledger) -> None:
     assert books.record_coin(5) == 5
     assert books.record_coin(2) == 7
     assert books.db.execute("SELECT count(*) FROM credit_sessions").fetchone()[0] == 1
-    assert dict(books.db.execute("SELECT value_cents, count FROM cashbox").fetchall()) == {
-        5: 1,
-        2: 1,
-    }
+    assert cashbox_coins(books.db) == {2: 1, 5: 1}
+    books.collect(None, TECH)
+    books.record_coin(1)
+    assert cashbox_coins(books.db) == {1: 1}
 
 
 def test_a_failing_write_leaves_nothing_behind(books: Ledger) -> None:
     books.record_coin(5)
-    # A trigger makes the cash-box step of the next coin fail after its coin row was inserted.
+    # A trigger makes the credit step of the next coin fail after its coin row was inserted.
     books.db.execute(
-        "CREATE TRIGGER boom BEFORE UPDATE ON cashbox BEGIN SELECT RAISE(ABORT, 'disk'); END"
+        "CREATE TRIGGER boom BEFORE UPDATE ON credit_sessions "
+        "BEGIN SELECT RAISE(ABORT, 'disk'); END"
     )
     with pytest.raises(sqlite3.IntegrityError, match="disk"):  # not storage: no retry
         books.record_coin(5)
@@ -171,7 +172,8 @@ def test_refills_keep_the_stock_invariant(books: Ledger, db_path: Path) -> None:
     [
         ("UPDATE coins SET value_cents = 2 WHERE id = 1", "money"),
         ("UPDATE credit_sessions SET balance_cents = balance_cents + 1", "money"),
-        ("UPDATE cashbox SET count = count + 1", "cash box"),
+        ("UPDATE collections SET expected_cents = expected_cents + 1", "cash box"),
+        ("UPDATE collections SET last_coin_id = 99", "cash box"),
         ("UPDATE stock SET quantity = quantity - 1 WHERE slot = 1", "stock"),
         ("DELETE FROM sales", "money"),
     ],
@@ -180,6 +182,8 @@ def test_verify_catches_tampering(books: Ledger, db_path: Path, tamper: str, che
     for _ in range(5):
         books.record_coin(5)
     books.complete_sale(books.start_vend(1, 20), "dropped")
+    books.collect(None, TECH)
+    books.record_coin(2)
     assert failed(db_path) == {}
     books.db.execute("PRAGMA foreign_keys=OFF")
     with sqlite3.connect(db_path) as conn:

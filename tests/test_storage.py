@@ -24,7 +24,7 @@ import pytest
 from sqlite_utils import Database
 
 from kiosk import lock as lock_mod
-from kiosk import schema
+from kiosk import reports, schema
 from kiosk.errors import KioskError, LedgerError
 from kiosk.lock import LedgerBusy, LedgerLock, holder
 from kiosk.migrations import MIGRATIONS, Migration
@@ -300,6 +300,30 @@ def test_pending_migrations_apply_to_an_existing_ledger(tmp_path: Path, opened: 
     assert not created
     assert versions(path) == list(range(1, NEWEST + 1))
     assert db.execute("SELECT value FROM meta").fetchone()[0] == "sim-001"
+
+
+def test_collections_from_before_their_amounts_get_them_from_the_coins(
+    tmp_path: Path, opened: Callable
+) -> None:
+    path = a_ledger(tmp_path / "kiosk.db", MIGRATIONS[:3])
+    at = "2026-01-01T00:00:00Z"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("INSERT INTO credit_sessions (opened_at, balance_cents) VALUES (?, 0)", [at])
+        for value in (5, 2, 1, 5, 5):
+            conn.execute(
+                "INSERT INTO coins (at, session_id, value_cents) VALUES (?, 1, ?)", [at, value]
+            )
+        conn.execute("INSERT INTO cashbox VALUES (5, 1)")
+        for last_coin in (2, 2, 5):  # the second one found the box empty
+            conn.execute(
+                "INSERT INTO collections (at, last_coin_id, actor) VALUES (?, ?, 'tech')",
+                [at, last_coin],
+            )
+    db, _ = opened(path)
+    amounts = db.execute("SELECT expected_cents FROM collections ORDER BY id").fetchall()
+    assert [a for (a,) in amounts] == [7, 0, 11]
+    assert "cashbox" not in tables(path)
+    assert reports.check_cashbox(db).ok
 
 
 def test_all_pending_migrations_apply_or_none(tmp_path: Path) -> None:
