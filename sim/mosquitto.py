@@ -32,11 +32,13 @@ class BrokerError(RuntimeError):
     """A broker that did not start; the message carries what it said."""
 
 
-def program() -> str:
-    for found in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+def program(name: str = "mosquitto") -> str:
+    """The path of a Mosquitto program: on PATH, else where Debian puts it (/usr/sbin, /usr/bin),
+    which a non-root PATH often lacks."""
+    for found in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
         if found and os.access(found, os.X_OK):
             return found
-    raise BrokerError("mosquitto not found: ./dev test installs Debian's mosquitto package")
+    raise BrokerError(f"{name} not found: ./dev test installs Debian's mosquitto package")
 
 
 def version() -> str:
@@ -49,6 +51,7 @@ def version() -> str:
 
 
 def free_port() -> int:
+    """A TCP port of 127.0.0.1 free right now (Mosquitto cannot pick one itself)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -17,13 +17,10 @@ from broker import (
     Broker,
     BrokerError,
     BrokerMaker,
-    ConnectRefused,
-    Peer,
-    Subscriber,
     free_port,
-    request_properties,
     run_as_root,
 )
+from peers import ConnectRefused, Peer, Subscriber, request_properties
 
 NOT_AUTHORIZED = 0x87
 

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from broker import Broker, Subscriber
+from broker import Broker
 from daemons import Daemons
+from peers import Subscriber
 
 from kiosk import cli
 from sim.bench_kiosk import profile

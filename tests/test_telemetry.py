@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import LOGINS, Broker, Received, Subscriber, request_properties
+from broker import LOGINS, Broker
 from conftest import with_changes
 from payloads import validate_message
+from peers import Received, Subscriber, request_properties
 
 from kiosk import cli, requests
 from kiosk import config as config_mod
