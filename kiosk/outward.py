@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from drivers.base import CoinAccepted
 from kiosk.screen import View
 
 if TYPE_CHECKING:
@@ -36,13 +37,21 @@ class Outward:
     def keepalive(self, now: float) -> None:
         """A keep-alive only while healthy: the loop turned (it is this call, on time or late)
         and the ledger takes writes; else the status says why, and systemd restarts the
-        daemon once the watchdog's time is up."""
+        daemon once the watchdog's time is up. A restart might mend the storage, but not at
+        the price of coins only this process holds: while the ledger refuses a coin, the loop
+        that keeps retrying it is kept alive."""
         core, notifier = self.core, self.notifier
         assert notifier is not None and notifier.keepalive_s is not None
         core.deadlines.set(KEEPALIVE, now + notifier.keepalive_s, background=True)
         if core.storage_error is not None:
             since, what = core.storage_error
-            notifier.status(f"unhealthy: the ledger refuses writes since {since} ({what})")
+            refused = f"the ledger refuses writes since {since} ({what})"
+            held = [e.value_cents for e in core.pending if isinstance(e, CoinAccepted)]
+            if held:
+                coins = f"{len(held)} coin" + ("s" if len(held) > 1 else "")
+                notifier.alive(f"unhealthy: {refused}; holding {coins}, {sum(held)} c")
+            else:
+                notifier.status(f"unhealthy: {refused}")
             return
         faults = ", ".join(f"{d}:{c}" for d, c in sorted(core.model.faults)) or "none"
         notifier.alive(f"{core.state}, {core.credit_cents} c of credit, faults: {faults}")

@@ -1,6 +1,7 @@
 """systemd's notify protocol over a real datagram socket: READY and STATUS, keep-alives sent from
-the core loop while it is healthy, none while the loop is stalled or the ledger refuses writes,
-and nothing at all without $NOTIFY_SOCKET."""
+the core loop while it is healthy or holds a coin the ledger refused, none while the loop is
+stalled or the ledger refuses writes with no coin at stake, and nothing at all without
+$NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -109,12 +110,33 @@ def test_keep_alives_stop_while_the_ledger_refuses_writes(
     assert len(healthy) >= 9 and all(m["WATCHDOG"] == "1" for m in healthy)
     assert healthy[-1]["STATUS"] == "idle, 0 c of credit, faults: none"
     other = lock(db_path)
-    kiosk.world.insert_coin(5)
-    kiosk.run_for(COIN_S + 5)
-    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    kiosk.world.open_door()  # its event cannot be written
+    kiosk.run_for(5)
+    assert kiosk.controller.storage_error is not None
     sick = got.drain()[-4:]
     assert len(sick) == 4 and not any("WATCHDOG" in m for m in sick)
     assert all(m["STATUS"].startswith("unhealthy: the ledger refuses writes") for m in sick)
+    other.rollback()
+    other.close()
+    kiosk.run_for(3)
+    assert got.drain()[-1]["WATCHDOG"] == "1"
+
+
+def test_keep_alives_go_on_while_only_memory_holds_a_coin(
+    kiosk: SimKiosk, listener: tuple[Listener, str], db_path: Path
+) -> None:
+    """A restart would lose the coin the ledger refused: the loop retrying it is kept alive."""
+    got, path = listener
+    kiosk.controller.watch(Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"}))
+    kiosk.run_for(2)
+    other = lock(db_path)
+    kiosk.world.insert_coin(5)
+    kiosk.run_for(COIN_S + 5)
+    assert kiosk.controller.state is State.OUT_OF_SERVICE
+    held = got.drain()[-4:]
+    assert len(held) == 4 and all(m["WATCHDOG"] == "1" for m in held)
+    assert all(m["STATUS"].startswith("unhealthy: the ledger refuses writes") for m in held)
+    assert all(m["STATUS"].endswith("; holding 1 coin, 5 c") for m in held)
     other.rollback()
     other.close()
     kiosk.run_for(3)
