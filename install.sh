@@ -3,7 +3,8 @@
 # again, and uninstalls it. `./install.sh --help` says how; README.md, "Deploy on a Raspberry Pi",
 # walks through a first install. What goes where:
 #   /opt/kiosk/.venv        a virtual environment with the kiosk installed (not editable: the
-#                           clone may be removed), with README.md and docs/ beside it
+#                           clone may be removed), with README.md and docs/ beside it;
+#                           /usr/local/bin/kiosk links to its kiosk command
 #   /etc/kiosk/kiosk.toml   the profile (config/pi-<profile>.toml) and pi-common.toml, which it
 #                           includes; neither is ever overwritten
 #   /var/lib/kiosk          the ledger, owned by the kiosk user, mode 0750; always kept on upgrade
@@ -17,6 +18,7 @@ VENV=$PREFIX/.venv
 ETC=/etc/kiosk
 STATE=/var/lib/kiosk
 UNIT=/etc/systemd/system/kiosk.service
+COMMAND=/usr/local/bin/kiosk  # the technician's `kiosk`, a link into the venv
 JOURNALD=/etc/systemd/journald.conf.d/50-kiosk.conf
 USER_NAME=kiosk
 # The build backend kept in the venv, so that an upgrade can build the kiosk with no index.
@@ -202,9 +204,6 @@ trap '[ -z "$stage" ] || rm -rf "$stage"' EXIT
 
 venv() {
     local venv=$root$VENV index=() extra=""
-    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-        die "$python: Python 3.11 or newer is needed (apt-get install python3), or pass --python"
-    fi
     if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c pass 2>/dev/null; then
         say "upgrading the kiosk in $venv"
     else
@@ -225,9 +224,10 @@ venv() {
     "${pip[@]}" install "${index[@]}" --no-build-isolation "$stage$extra" ||
         die "pip could not install the kiosk into $venv" \
             "(with --offline, its dependencies and $BACKEND must be there already)"
-    install -d "$root$PREFIX/docs"
+    install -d "$root$PREFIX/docs" "$root${COMMAND%/*}"
     install -m 0644 "$SRC/README.md" "$root$PREFIX/README.md"
     cp -R "$SRC/docs/." "$root$PREFIX/docs/"
+    ln -sfn "$VENV/bin/kiosk" "$root$COMMAND"
 }
 
 fresh_config=0
@@ -295,6 +295,9 @@ install_kiosk() {
     if [ ! -e "$root$ETC/kiosk.toml" ] && [ -z "$profile" ]; then
         misuse "first install: choose the coin acceptor with --profile (one of: $(profiles))"
     fi
+    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        die "$python: Python 3.11 or newer is needed (apt-get install python3), or pass --python"
+    fi
     apt_packages
     user_and_groups
     stop_service
@@ -308,7 +311,7 @@ install_kiosk() {
     if [ -z "$root" ] && [ -n "${SUDO_USER:-}" ] && ! id -nG "$SUDO_USER" | grep -qw "$USER_NAME"; then
         say "to reach the running kiosk with the kiosk command: sudo usermod -aG kiosk $SUDO_USER"
     fi
-    say "done: $root$VENV/bin/kiosk, $root$ETC/kiosk.toml, ledger in $root$STATE"
+    say "done: $root$COMMAND -> $VENV/bin/kiosk, $root$ETC/kiosk.toml, ledger in $root$STATE"
 }
 
 uninstall_kiosk() {
@@ -318,6 +321,7 @@ uninstall_kiosk() {
         systemctl disable --now --quiet kiosk || true
     fi
     rm -f "$root$UNIT" "$root$JOURNALD"
+    if [ "$(readlink "$root$COMMAND" || true)" = "$VENV/bin/kiosk" ]; then rm -f "$root$COMMAND"; fi
     rm -rf "$root$PREFIX"
     if [ -n "$root" ]; then
         skip "systemctl daemon-reload; userdel $USER_NAME"

@@ -30,26 +30,33 @@ SCRIPT = ROOT / "install.sh"
 CONFIG = config_mod.CONFIG_DIR
 VENV_KIOSK = "opt/kiosk/.venv/bin/kiosk"
 TIMEOUT_S = 300  # a venv and a wheel build on a loaded 2-core machine take seconds, not minutes
+ENV = {
+    **os.environ,
+    "PYTHONPATH": sysconfig.get_paths()["purelib"],  # the packages pip would download
+    "PIP_CONFIG_FILE": os.devnull,  # no machine-wide index or wheel directory
+}
 
 
-def run(
-    *args: str | Path, root: Path | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": sysconfig.get_paths()["purelib"],
-        "PIP_CONFIG_FILE": os.devnull,  # no machine-wide index or wheel directory
-    }
-    command = [str(SCRIPT), *map(str, args)]
-    if root is not None:
-        command += ["--root", str(root), "--python", sys.executable, "--offline"]
+def command(*args: str | Path, cwd: Path | str = "/") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        command, capture_output=True, text=True, env=env, cwd=cwd, timeout=TIMEOUT_S, check=False
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=TIMEOUT_S,
+        check=False,
     )
 
 
+def run(*args: str | Path, root: Path | None = None) -> subprocess.CompletedProcess[str]:
+    if root is not None:
+        args = (*args, "--root", root, "--python", sys.executable, "--offline")
+    return command(SCRIPT, *args)
+
+
 def installed(root: Path, *args: str) -> str:
-    result = run(*args, root=root, cwd=root.parent)
+    result = run(*args, root=root)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -62,11 +69,11 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def unit(root: Path) -> configparser.SectionProxy:
+def unit(root: Path) -> configparser.ConfigParser:
     parsed = configparser.ConfigParser(interpolation=None)
     parsed.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
     parsed.read_string((root / "etc/systemd/system/kiosk.service").read_text())
-    return parsed["Service"]
+    return parsed
 
 
 def under(root: Path, path: str) -> Path:
@@ -120,11 +127,13 @@ def test_the_install_lays_out_the_profile_its_common_part_the_unit_and_the_ledge
         root / "opt/kiosk/docs/wiring.md"
     ).is_file()
     assert not list(etc.glob("*.new"))
+    # The technician's `kiosk` on the PATH: the venv's, where it will be once the root is /.
+    assert os.readlink(root / "usr/local/bin/kiosk") == "/" + VENV_KIOSK
 
 
 def test_the_units_paths_are_where_the_install_put_things(cctalk: tuple[Path, str]) -> None:
     root, _ = cctalk
-    service = unit(root)
+    service = unit(root)["Service"]
     program, verb, flag, profile = service["ExecStart"].split()
     assert under(root, program) == root / VENV_KIOSK and os.access(root / VENV_KIOSK, os.X_OK)
     assert (verb, flag) == ("run", "-c") and under(root, profile).is_file()
@@ -136,9 +145,7 @@ def test_the_units_paths_are_where_the_install_put_things(cctalk: tuple[Path, st
     )
     assert ledger_dir == Path("/var/lib") / service["StateDirectory"]
     assert Path(config.control_socket).parent == Path("/run") / service["RuntimeDirectory"]
-    parsed = configparser.ConfigParser(interpolation=None)
-    parsed.read_string((root / "etc/systemd/system/kiosk.service").read_text())
-    documentation = parsed["Unit"]["Documentation"].removeprefix("file://")
+    documentation = unit(root)["Unit"]["Documentation"].removeprefix("file://")
     assert under(root, documentation).is_file()
 
 
@@ -147,28 +154,17 @@ def test_the_installed_kiosk_runs_from_its_venv_and_checks_the_installed_profile
 ) -> None:
     root, output = cctalk
     kiosk = root / VENV_KIOSK
-    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
-
-    def venv(*args: str | Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(a) for a in args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=root,
-            timeout=TIMEOUT_S,
-            check=False,
-        )
-
-    helped = venv(kiosk, "--help")
+    helped = command(kiosk, "--help")
     assert helped.returncode == 0 and helped.stdout.startswith("usage: kiosk"), helped.stderr
     profile = root / "etc/kiosk/kiosk.toml"
-    checked = venv(kiosk, "config", "check", profile)
+    checked = command(kiosk, "config", "check", profile)
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout == f"{profile}: ok (3 slots, coin acceptor cctalk)\n"
     assert checked.stdout in output  # the install checked it too
     # Installed, not linked to the clone: the clone may be removed.
-    where = venv(root / "opt/kiosk/.venv/bin/python", "-c", "import kiosk; print(kiosk.__file__)")
+    where = command(
+        root / "opt/kiosk/.venv/bin/python", "-c", "import kiosk; print(kiosk.__file__)"
+    )
     assert Path(where.stdout.strip()).is_relative_to(root / "opt/kiosk/.venv"), where
 
 
@@ -185,6 +181,7 @@ def test_an_upgrade_keeps_the_ledger_and_the_edited_profile_and_uninstall_keeps_
     ledger.write_bytes(b"SQLite format 3\x00 the kiosk's money")
     profile = etc / "kiosk.toml"
     edited = profile.read_text().replace('id = "paris-11-001"', 'id = "lyon-3-007"')
+    assert edited != profile.read_text()
     profile.write_text(edited)
     module = next((root / "opt/kiosk/.venv/lib").glob("python3*/site-packages/kiosk/__init__.py"))
     shipped = module.read_text()
@@ -202,7 +199,7 @@ def test_an_upgrade_keeps_the_ledger_and_the_edited_profile_and_uninstall_keeps_
     assert {"systemctl disable --now kiosk", "systemctl daemon-reload; userdel kiosk"} <= set(
         skipped(gone)
     )
-    assert not (root / "opt/kiosk").exists()
+    assert not (root / "opt/kiosk").exists() and not (root / "usr/local/bin/kiosk").is_symlink()
     assert not (root / "etc/systemd/system/kiosk.service").exists()
     assert not (root / "etc/systemd/journald.conf.d/50-kiosk.conf").exists()
     assert ledger.read_bytes().endswith(b"money") and profile.read_text() == edited
@@ -240,12 +237,9 @@ def test_a_first_install_needs_a_profile(tmp_path: Path) -> None:
 
 
 def test_without_root_and_without_a_root_directory_it_refuses() -> None:
-    command = [str(SCRIPT), "--profile", "pulse"]
-    if os.getuid() == 0:  # CI runs as root: try it as nobody
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    result = subprocess.run(
-        command, capture_output=True, text=True, cwd="/", timeout=TIMEOUT_S, check=False
-    )
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    as_user = nobody if os.getuid() == 0 else []  # CI runs as root: try it as nobody
+    result = command(*as_user, SCRIPT, "--profile", "pulse")
     assert result.returncode == 1 and "install.sh: error: run as root" in result.stderr
 
 
