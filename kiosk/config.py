@@ -6,8 +6,12 @@ the driver it names). Every key is checked against the dataclass field it fills:
 wrong types, out-of-range values, duplicate pins and duplicate slots are a ConfigError naming
 the file, the key and the reason; an empty string is an error too, unless the field's metadata
 says `allow_empty`. A value that came from a KIOSK_* environment variable is named by that
-variable instead of the file.
-Precedence: command-line flag > KIOSK_<SECTION>_<KEY> environment variable > file > default.
+variable instead of the file, one from an included file by that file.
+A profile may share a common part: `include = "pi-common.toml"` at its top merges it in, the
+profile's tables key by key over the common part's, its [[slots]] replacing them whole
+(kiosk.includes has the rule).
+Precedence: command-line flag > KIOSK_<SECTION>_<KEY> environment variable > file (over the
+files it includes) > default.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from drivers.base import (
     PANEL_DRIVERS,
     acceptor_settings_class,
 )
+from kiosk import includes
 from kiosk.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -229,34 +234,38 @@ def find_profile(flag: str | None, fallback: Path, env: Mapping[str, str] | None
 
 @dataclass(frozen=True)
 class _Source:
-    """Where values came from: the file, except keys set by the environment or a flag."""
+    """Where values came from: the file, except keys set by the environment or a flag, and keys
+    written in a file it includes."""
 
     file: str
     origins: Mapping[str, str] = field(default_factory=dict)  # "section.key" -> variable
+    included: Mapping[str, str] = field(default_factory=dict)  # "section.key" -> file
 
     def of(self, *keys: str) -> str:
-        """The variables that set any of `keys` (or a table above one), else the file."""
+        """The variables that set any of `keys` (or a table above one), else the files that
+        they are written in."""
         named = []
         for key in keys:
             while key:
                 if key in self.origins:
                     named.append(self.origins[key])
                 key = key.rpartition(".")[0]
-        return ", ".join(dict.fromkeys(named)) or self.file
+        return ", ".join(dict.fromkeys(named)) or ", ".join(
+            dict.fromkeys(self._written_in(key) for key in keys or [""])
+        )
+
+    def _written_in(self, key: str) -> str:
+        while key:
+            if key in self.included:
+                return self.included[key]
+            key = key.rpartition(".")[0]
+        return self.file
 
 
 def load(path: str | Path, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
     """Read a profile; `overrides` maps "section.key" to a value given on the command line."""
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
-    except ValueError as err:  # TOMLDecodeError, UnicodeDecodeError, an over-long integer
-        raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    except RecursionError as err:  # tomllib parses nested arrays and tables by recursion
-        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deep") from err
+    data, included = includes.read(path)
     origins: dict[str, str] = {}
     for name, dotted, value in _environment(os.environ if env is None else env):
         _override(data, dotted, value, name)
@@ -264,7 +273,7 @@ def load(path: str | Path, env: Mapping[str, str] | None = None, **overrides: An
     for dotted, value in overrides.items():
         _override(data, dotted, value, COMMAND_LINE)
         origins[dotted] = COMMAND_LINE
-    return _parse(data, _Source(str(path), origins))
+    return _parse(data, _Source(str(path), origins, included))
 
 
 def _override(data: dict[str, Any], dotted: str, value: Any, origin: str) -> None:
@@ -441,10 +450,14 @@ def _check_whole(config: Config, src: _Source) -> None:
     seen_slots: set[int] = set()
     for i, slot in enumerate(config.slots):
         if slot.id in seen_slots:
-            raise ConfigError(f"{src.file}: slots[{i}].id: slot {slot.id} is defined twice")
+            raise ConfigError(
+                f"{src.of(f'slots[{i}]')}: slots[{i}].id: slot {slot.id} is defined twice"
+            )
         seen_slots.add(slot.id)
         if slot.initial_quantity is not None and slot.initial_quantity > slot.capacity:
-            raise ConfigError(f"{src.file}: slots[{i}].initial_quantity: more than the capacity")
+            raise ConfigError(
+                f"{src.of(f'slots[{i}]')}: slots[{i}].initial_quantity: more than the capacity"
+            )
     if config.credit.leftover == "donate" and not config.credit.beneficiary.strip():
         raise ConfigError(
             f"{src.of('credit.beneficiary', 'credit.leftover')}: credit.beneficiary: "

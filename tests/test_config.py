@@ -491,3 +491,157 @@ def test_device_back_ends_are_chosen_by_name() -> None:
     )
     with pytest.raises(ConfigError, match=r"display\.driver: must be one of log"):
         config_mod.load(config_mod.DEFAULT_PROFILE, env={"KIOSK_DISPLAY_DRIVER": "lcd"})
+
+
+# --- profiles that include a common part --------------------------------------------------------
+
+PI_PROFILES = {"pulse": "pi-pulse.toml", "cctalk": "pi-cctalk.toml"}
+
+
+def included_parts() -> set[str]:
+    """The files of config/ that another one includes: common parts, not profiles."""
+    names = set()
+    for path in config_mod.CONFIG_DIR.glob("*.toml"):
+        name = tomllib.loads(path.read_text()).get("include")
+        if name is not None:
+            names.add(name)
+    return names
+
+
+PROFILE_FILES = sorted(
+    p.name for p in config_mod.CONFIG_DIR.glob("*.toml") if p.name not in included_parts()
+)
+
+
+@pytest.mark.parametrize("name", PROFILE_FILES)
+def test_every_profile_in_config_loads(name: str) -> None:
+    config = config_mod.load(config_mod.CONFIG_DIR / name, env={})
+    assert config.slots and config.source == str(config_mod.CONFIG_DIR / name)
+
+
+def test_the_pi_profiles_share_their_common_part_and_differ_in_the_acceptor() -> None:
+    assert included_parts() == {"pi-common.toml"}
+    assert set(PI_PROFILES.values()) <= set(PROFILE_FILES)
+    pulse, cctalk = (
+        config_mod.load(config_mod.CONFIG_DIR / PI_PROFILES[k], env={}) for k in ("pulse", "cctalk")
+    )
+    assert cctalk.coin_acceptor.driver == "cctalk"
+    assert cctalk.coin_acceptor.settings.port == "/dev/ttyUSB0"
+    # The pulse acceptor's inhibit stays fail-safe: coins only while the pin is driven high.
+    assert pulse.coin_acceptor.settings.inhibit_active_high is False
+    assert "Fail-safe" in (config_mod.CONFIG_DIR / PI_PROFILES["pulse"]).read_text()
+    assert pulse.ledger.path == "/var/lib/kiosk/kiosk.db"
+    same = ("credit", "ledger", "control", "display", "panel", "dispenser", "slots")
+    assert [getattr(pulse, s) for s in same] == [getattr(cctalk, s) for s in same]
+    assert pulse.kiosk.name == cctalk.kiosk.name and pulse.kiosk.id != cctalk.kiosk.id
+    common = tomllib.loads((config_mod.CONFIG_DIR / "pi-common.toml").read_text())
+    for name in PI_PROFILES.values():
+        own = tomllib.loads((config_mod.CONFIG_DIR / name).read_text())
+        # Nothing repeated: a profile sets only what its common part does not.
+        assert set(own) & set(common) <= {"kiosk"}
+        assert set(own["kiosk"]) & set(common["kiosk"]) == set()
+
+
+def test_config_check_passes_on_the_cctalk_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    from kiosk import cli
+
+    path = str(config_mod.CONFIG_DIR / PI_PROFILES["cctalk"])
+    assert cli.main(["config", "check", path]) == 0
+    assert capsys.readouterr().out == f"{path}: ok (3 slots, coin acceptor cctalk)\n"
+
+
+def write_files(tmp_path: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+
+
+def base_with(tmp_path: Path, top: str) -> Path:
+    """A profile `top` over a common part made of the pulse sim profile (include added)."""
+    write_files(tmp_path, {"common/base.toml": dump_toml(SIM_DATA), "kiosk.toml": top})
+    return tmp_path / "kiosk.toml"
+
+
+def test_tables_merge_key_by_key_and_slots_and_inline_tables_are_replaced_whole(
+    tmp_path: Path,
+) -> None:
+    path = base_with(
+        tmp_path,
+        'include = "common/base.toml"\n'
+        '[kiosk]\nid = "top-1"\n'
+        "[coin_acceptor]\npulses = { 1 = 4, 2 = 6, 5 = 8 }\n"
+        '[[slots]]\nid = 7\nproduct = "Thé"\nprice_cents = 5\ncapacity = 9\n'
+        "motor_pin = 5\nhome_pin = 6\nbutton_pin = 13\nled_pin = 19\n",
+    )
+    config = config_mod.load(path, env={})
+    assert (config.kiosk.id, config.kiosk.name) == ("top-1", SIM_DATA["kiosk"]["name"])
+    assert config.coin_acceptor.settings.pulses == {1: 4, 2: 6, 5: 8}
+    assert config.coin_acceptor.settings.coin_pin == SIM_DATA["coin_acceptor"]["coin_pin"]
+    assert [(s.id, s.product) for s in config.slots] == [(7, "Thé")]
+    assert config.credit == config_mod.load(SIM, env={}).credit
+    assert config.source == str(path)
+
+
+def test_includes_nest_each_relative_to_its_own_file(tmp_path: Path) -> None:
+    write_files(
+        tmp_path,
+        {
+            "a/profile.toml": 'include = "../b/middle.toml"\n[kiosk]\nid = "top"\n',
+            "b/middle.toml": 'include = "c/bottom.toml"\n[kiosk]\nname = "middle"\n',
+            "b/c/bottom.toml": dump_toml(edited(SIM_DATA, "kiosk.language", "en")),
+        },
+    )
+    kiosk = config_mod.load(tmp_path / "a" / "profile.toml", env={}).kiosk
+    assert (kiosk.id, kiosk.name, kiosk.language) == ("top", "middle", "en")
+
+
+def test_a_value_is_named_by_the_file_it_was_written_in(tmp_path: Path) -> None:
+    base = tmp_path / "common" / "base.toml"
+    write_files(tmp_path, {"common/base.toml": dump_toml(edited(SIM_DATA, "slots[1].led_pin", 40))})
+    (tmp_path / "kiosk.toml").write_text('include = "common/base.toml"\n')
+    assert load_error(tmp_path / "kiosk.toml") == (
+        f"{base}: slots[1].led_pin: must be at most 27 (got 40)"
+    )
+    path = base_with(tmp_path, 'include = "common/base.toml"\n[panel]\ncancel_pin = 4\n')
+    assert load_error(path) == (  # a clash between the files names both
+        f"{base}, {path}: dispenser.drop_pin: GPIO4 is already used by panel.cancel_pin"
+    )
+    path = base_with(tmp_path, 'include = "common/base.toml"\n[display]\ncolumns = 99\n')
+    assert load_error(path).startswith(f"{path}: display.columns: must be at most 40")
+    with pytest.raises(ConfigError, match=r"^KIOSK_DISPLAY_COLUMNS: display\.columns"):
+        config_mod.load(path, env={"KIOSK_DISPLAY_COLUMNS": "9"})
+    config = config_mod.load(path, env={"KIOSK_DISPLAY_COLUMNS": "16"})  # the variable wins
+    assert config.display.columns == 16
+    (tmp_path / "common" / "base.toml").write_text("[kiosk\n")
+    assert load_error(path).startswith(f"{base}: not valid TOML")
+
+
+@pytest.mark.parametrize("value", ["3", "[]", '["a.toml"]', '""', "{ file = 'a.toml' }"])
+def test_an_include_that_is_no_file_name_is_named(tmp_path: Path, value: str) -> None:
+    path = base_with(tmp_path, f"include = {value}\n")
+    assert load_error(path).startswith(f"{path}: include: must be the name of a file")
+
+
+def test_an_include_that_cannot_be_read_names_the_including_file(tmp_path: Path) -> None:
+    path = base_with(tmp_path, 'include = "common/gone.toml"\n')
+    assert load_error(path) == (
+        f"{path}: include: {tmp_path / 'common' / 'gone.toml'}: cannot read: "
+        "No such file or directory"
+    )
+    path = base_with(tmp_path, 'include = "common"\n')
+    assert load_error(path).startswith(f"{path}: include: {tmp_path / 'common'}: cannot read: ")
+    path = base_with(tmp_path, 'include = "a\\u0000b"\n')
+    assert load_error(path).startswith(f"{path}: include: ")
+
+
+def test_an_include_cycle_is_named_with_its_files(tmp_path: Path) -> None:
+    path = base_with(tmp_path, 'include = "kiosk.toml"\n')
+    assert load_error(path) == (f"{path}: include: kiosk.toml includes itself ({path} -> {path})")
+    write_files(
+        tmp_path,
+        {"a.toml": 'include = "sub/b.toml"\n', "sub/b.toml": 'include = "../a.toml"\n'},
+    )
+    a, b = tmp_path / "a.toml", tmp_path / "sub" / "b.toml"
+    assert load_error(a) == (
+        f"{b}: include: ../a.toml includes itself ({a} -> {b} -> {tmp_path / 'sub' / '../a.toml'})"
+    )
