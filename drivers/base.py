@@ -259,6 +259,11 @@ class Dispenser(ABC):
     @abstractmethod
     def motor_is_on(self, slot: int) -> bool: ...
 
+    def last_turn_s(self, slot: int) -> float | None:
+        """How long the last turn of `slot`'s latest vend took, from its motor on to the home
+        switch; None while none has come home (a jam) or for a back-end that cannot tell."""
+        return None
+
     @abstractmethod
     def stop_all(self) -> None:
         """Every motor off, any vend abandoned: the safe state."""

@@ -79,6 +79,8 @@ class SpiralDispenser(Dispenser):
         self._deadline: float | None = None
         self._blocked_reported = False
         self._beam_since: float | None = None  # the drop beam is cut since then, during a vend
+        self._turn_started = 0.0
+        self._turn_s: dict[int, float] = {}  # per slot: the last turn of its latest vend
         self._worker = clock.start_worker("dispenser", self, emit)
         try:
             for slot, pins in slots.items():
@@ -117,6 +119,10 @@ class SpiralDispenser(Dispenser):
     def motor_is_on(self, slot: int) -> bool:
         return bool(self._motors[slot].value)
 
+    def last_turn_s(self, slot: int) -> float | None:
+        with self._lock:
+            return self._turn_s.get(slot)
+
     @property
     def drop_sensor_blocked(self) -> bool:
         return self._drop is not None and self._drop.is_active
@@ -135,6 +141,7 @@ class SpiralDispenser(Dispenser):
             else:
                 blocked = False
                 self._slot, self._turns, self._dropped = slot, 0, False
+                self._turn_s.pop(slot, None)
                 self._start_turn(now)
         self._worker.wake()
         if blocked:
@@ -146,6 +153,7 @@ class SpiralDispenser(Dispenser):
         self._phase = _Phase.TURNING
         self._left_home = not self._homes[self._slot].is_active
         self._deadline = now + self._max_run_s
+        self._turn_started = now
         self._motors[self._slot].on()
         log.debug("slot %d: motor on (turn %d)", self._slot, self._turns + 1)
 
@@ -163,6 +171,7 @@ class SpiralDispenser(Dispenser):
                 return
             self._motors[self._slot].off()
             self._turns += 1
+            self._turn_s[self._slot] = now - self._turn_started
             if self._dropped:
                 finished = self._finish(VendOutcome.DELIVERED, "dropped during the turn", now)
             else:

@@ -1,31 +1,37 @@
 """The `kiosk` command: run the daemon, demo it on the simulator, draw its state machine, verify
-a ledger, check a configuration.
+a ledger, check a configuration, commission the hardware (`kiosk hw check`, `kiosk hw pulses`).
 
 Results go to stdout, logs and errors to stderr as `kiosk: error: ...` with exit status 1
 (2 for usage errors); a traceback only with KIOSK_DEBUG=1. A reader that goes away early
 (`kiosk demo --shoppers 50 | head -1`) ends the command quietly with status 141, as SIGPIPE would;
 a full disk under stdout is an error like any other.
 
-`kiosk run` and `kiosk verify` act on the installed kiosk: without `-c` they read $KIOSK_CONFIG,
-else /etc/kiosk/kiosk.toml, and never fall back to the simulator's profile.
+`kiosk run`, `kiosk verify` and `kiosk hw` act on the installed kiosk: without `-c` they read
+$KIOSK_CONFIG, else /etc/kiosk/kiosk.toml, and never fall back to the simulator's profile
+(`kiosk hw --sim` runs on the simulator, with its profiles).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from drivers.base import DeviceError
 from kiosk import config as config_mod
 from kiosk import readonly, reports, tech
 from kiosk.errors import KioskError
+
+if TYPE_CHECKING:
+    from kiosk.commission import Setup
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,161 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _hw_setup(
+    args: argparse.Namespace, sim_profile: Path, require: Callable[[config_mod.Config], object]
+) -> Iterator[Setup]:
+    """What `kiosk hw` runs on, the kiosk's hardware held (its daemon's lock): the Pi's pins
+    and clock, or with --sim the simulated world (its ledger a temporary one unless --db)."""
+    from kiosk import commission
+
+    with contextlib.ExitStack() as stack:
+        db = args.db
+        if args.sim and db is None:
+            db = str(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "kiosk.db")
+        overrides = {"ledger.path": db} if db is not None else {}
+        fallback = sim_profile if args.sim else config_mod.SYSTEM_PROFILE
+        config = config_mod.load(config_mod.find_profile(args.config, fallback), **overrides)
+        require(config)  # a command refused by the profile is said before anything is held
+        stack.enter_context(commission.hardware_held(config))
+        technician = commission.TerminalTechnician(
+            sys.stderr, interactive=not args.sim and commission.interactive()
+        )
+        if args.sim:
+            from sim.commissioning import simulated  # the simulated world, only when asked for
+
+            yield stack.enter_context(simulated(config, echo=technician)).setup
+            return
+        from drivers.clock import SystemClock
+        from kiosk.pins import pin_factory
+
+        yield commission.Setup(config, SystemClock(), pin_factory(), technician)
+
+
+def cmd_hw_check(args: argparse.Namespace) -> int:
+    from kiosk import commission_check
+
+    only = [c for c in args.only if not (args.no_motors and c == "motors")]
+    with _hw_setup(args, config_mod.DEFAULT_PROFILE, lambda config: None) as setup:
+        report = commission_check.check(setup, only, args.timeout_s)
+    print(
+        json.dumps(report.as_json(), indent=2, ensure_ascii=False) if args.json else report.text()
+    )
+    return 0 if report.ok else 1
+
+
+def cmd_hw_pulses(args: argparse.Namespace) -> int:
+    from kiosk import commission_pulses as pulses
+
+    def show(number: int, train: pulses.Train) -> None:
+        if not args.json:
+            print(pulses.train_line(number, train), flush=True)
+
+    with _hw_setup(args, config_mod.PULSE_PROFILE, pulses.pulse_settings) as setup:
+        report = pulses.record(
+            setup,
+            duration_s=args.duration_s,
+            coins=args.coins,
+            end_gap_ms=args.end_gap_ms,
+            on_train=show,
+        )
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.text())
+    return 0 if report.trains else 1
+
+
+def _hw_checks(text: str) -> list[str]:
+    from kiosk.commission_check import CHECKS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'nothing'}: not among {','.join(CHECKS)}"
+        )
+    return names
+
+
+def _hw_check_args(args: argparse.Namespace) -> str | None:
+    if not args.timeout_s > 0:
+        return "--timeout-s must be more than 0"
+    return None
+
+
+def _hw_pulses_args(args: argparse.Namespace) -> str | None:
+    if args.duration_s is None and args.coins is None:
+        return "hw pulses needs --duration-s N or --coins N (or both: whichever comes first)"
+    if args.duration_s is not None and not args.duration_s > 0:
+        return "--duration-s must be more than 0"
+    if args.coins is not None and args.coins < 1:
+        return "--coins must be 1 or more"
+    if args.end_gap_ms is not None and not args.end_gap_ms > 0:
+        return "--end-gap-ms must be more than 0"
+    return None
+
+
+def _hw_commands(add: Callable[..., argparse.ArgumentParser], installed: str) -> None:
+    p = add(
+        "hw", "commissioning: check the hardware, time a pulse acceptor's coin line", lambda args: 2
+    )
+    hw_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def hw(name: str, help_text: str, func: object, sim_profile: str) -> argparse.ArgumentParser:
+        q = hw_sub.add_parser(name, help=help_text, description=help_text)
+        q.set_defaults(func=func)
+        q.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help=f"configuration profile (default: $KIOSK_CONFIG, else {installed}; "
+            f"with --sim, {sim_profile})",
+        )
+        q.add_argument(
+            "--db", metavar="PATH", help="the ledger whose lock is held (default: ledger.path)"
+        )
+        q.add_argument("--sim", action="store_true", help="on the simulator, which answers")
+        q.add_argument("--json", action="store_true", help="the result as JSON")
+        return q
+
+    q = hw(
+        "check",
+        "identify the acceptor, test the display, LEDs, buttons, switches and motors",
+        cmd_hw_check,
+        "config/sim.toml",
+    )
+    q.add_argument(
+        "--only",
+        type=_hw_checks,
+        default="acceptor,display,leds,inputs,motors",
+        metavar="LIST",
+        help="some of acceptor,display,leds,inputs,motors (default: all)",
+    )
+    q.add_argument("--no-motors", action="store_true", help="leave the motors alone")
+    q.add_argument(
+        "--timeout-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how long each button or switch is waited for (default 10)",
+    )
+    q.set_defaults(check=_hw_check_args)
+
+    q = hw(
+        "pulses",
+        "log a pulse acceptor's raw pulse widths and gaps, and propose decoder values",
+        cmd_hw_pulses,
+        "config/sim-pulse.toml",
+    )
+    q.add_argument("--duration-s", type=float, metavar="S", help="record for S seconds")
+    q.add_argument("--coins", type=int, metavar="N", help="record until N trains were seen")
+    q.add_argument(
+        "--end-gap-ms",
+        type=float,
+        metavar="MS",
+        help="tell trains apart by this quiet (default: coin_acceptor.end_gap_ms)",
+    )
+    q.set_defaults(check=_hw_pulses_args)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="kiosk", description="Centimeo penny kiosk")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -130,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
 
     technician("verify", "check the ledger's money, cash box and stock invariants", cmd_verify)
     tech.add_commands(technician)
+
+    _hw_commands(add, installed)
 
     p = add("config", "configuration tools", lambda args: 2)
     config_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -71,7 +71,7 @@ class SimClock:
                 pass
             nxt = self.next_at()
             limit = min(math.inf if deadline is None else deadline, self.horizon)
-            if nxt <= limit:
+            if nxt <= limit and nxt != math.inf:  # with nothing scheduled, nothing to run
                 self.run_next()
                 continue
             self.exhausted = nxt == math.inf and deadline is None
