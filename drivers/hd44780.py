@@ -26,10 +26,12 @@ Rows: the kiosk's two lines go on rows 0 and 1; the rows below stay blank on a 4
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import smbus2
@@ -215,14 +217,9 @@ class Hd44780Display(Display):
     def _draw(self, screen: list[bytes]) -> None:
         """Rewrite the cells that differ from what the module holds."""
         assert self._shown is not None
-        parts: list[tuple[list[bytes], bytes]] = []
-        for start, new, held in zip(self._starts, screen, self._shown, strict=True):
-            if new != held:
-                for first, end in _runs(held, new):
-                    parts += [(_COMMANDS, bytes([SET_DDRAM | (start + first)]))]
-                    parts += [(_DATA, new[first:end])]
-        if parts:
-            self._send(*parts)
+        ports = _redraw(self._starts, tuple(self._shown), tuple(screen), self._port & RS)
+        if ports:
+            self._write(ports)
             self._shown = screen
 
     def _set_up(self) -> None:
@@ -249,15 +246,7 @@ class Hd44780Display(Display):
 
     def _send(self, *parts: tuple[list[bytes], bytes]) -> None:
         """Instructions (table _COMMANDS) and data (_DATA), in turn, in one go."""
-        ports = bytearray()
-        last = self._port
-        for table, values in parts:
-            clocked = b"".join(map(table.__getitem__, values))
-            if (last ^ clocked[1]) & RS:
-                ports.append(clocked[1])  # RS settles before E rises
-            ports += clocked
-            last = clocked[-1]
-        self._write(bytes(ports))
+        self._write(_port_bytes(parts, self._port))
 
     def _write(self, ports: bytes) -> None:
         """Port bytes, in one I2C write where the bus can (smbus2 can), else byte by byte."""
@@ -308,6 +297,36 @@ class Hd44780Display(Display):
         if self._own_bus and self._smbus is not None:
             best_effort("display: closing the I2C bus", self._smbus.close)
             self._smbus = None
+
+
+def _port_bytes(parts: Iterable[tuple[list[bytes], bytes]], last: int) -> bytes:
+    """The port bytes for instructions (table _COMMANDS) and data (_DATA) in turn, after the
+    port byte `last`."""
+    ports = bytearray()
+    for table, values in parts:
+        clocked = b"".join(map(table.__getitem__, values))
+        if (last ^ clocked[1]) & RS:
+            ports.append(clocked[1])  # RS settles before E rises
+        ports += clocked
+        last = clocked[-1]
+    return bytes(ports)
+
+
+@functools.lru_cache(maxsize=256)  # a kiosk turns through the same few screens all day
+def _redraw(
+    starts: tuple[int, ...], held: tuple[bytes, ...], new: tuple[bytes, ...], last: int
+) -> bytes:
+    """The port bytes that turn the rows `held` into `new`: each run of changed cells behind
+    the instruction that sets its address."""
+    parts = []
+    for start, old, row in zip(starts, held, new, strict=True):
+        if old != row:
+            for first, end in _runs(old, row):
+                parts += [
+                    (_COMMANDS, bytes([SET_DDRAM | (start + first)])),
+                    (_DATA, row[first:end]),
+                ]
+    return _port_bytes(parts, last) if parts else b""
 
 
 def _runs(held: bytes, new: bytes) -> list[tuple[int, int]]:

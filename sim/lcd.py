@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -57,12 +58,30 @@ def _rom() -> dict[int, str]:
 ROM = _rom()
 
 
-# For a write of text at once: RS in a port byte; a data nibble's port byte with E low -> the same
-# with E high (0 for any other byte); the nibble in a port byte; a nibble moved to the high half.
+# For bytes at once: RS in a port byte; by RS, a nibble's port byte with E low -> the same with E
+# high (0 for any other byte); the nibble in a port byte; a nibble moved to the high half.
 _RS_OF = bytes(v & RS for v in range(256))
-_WITH_E = bytes(v | E if v & RS and not v & (E | RW) else 0 for v in range(256))
+_WITH_E = [
+    bytes(v | E if v & RS == rs and not v & (E | RW) else 0 for v in range(256)) for rs in (0, RS)
+]
 _HIGH_NIBBLE = bytes(v >> 4 for v in range(256))
 _SHIFTED = bytes((v << 4) & 0xFF for v in range(256))
+
+
+@functools.lru_cache(maxsize=1024)  # a kiosk writes the same few screens all day
+def _decoded(data: bytes) -> tuple[int, bytes] | None:
+    """What bytes with one RS clock in when they are regular (maybe a byte that sets RS, then
+    whole bytes, each nibble with E high, then low): (1 if that first byte is there else 0,
+    the bytes clocked in); None for any other bytes."""
+    skip = 0 if data[0] & E else 1
+    pairs = data[skip:]
+    if not pairs or len(pairs) % 4 or data[0] & RW:
+        return None
+    if pairs[1::2].translate(_WITH_E[data[0] & RS]) != pairs[0::2]:
+        return None
+    nibbles = pairs[1::2].translate(_HIGH_NIBBLE)
+    highs = int.from_bytes(nibbles[0::2].translate(_SHIFTED), "big")
+    return skip, (highs | int.from_bytes(nibbles[1::2], "big")).to_bytes(len(pairs) // 4, "big")
 
 
 def _dots(*rows: str) -> tuple[int, ...]:
@@ -154,14 +173,13 @@ class SimCharLcd:
             raise OSError(errno.EREMOTEIO, os.strerror(errno.EREMOTEIO))  # no acknowledge
         data = bytes(values)  # ValueError for a value beyond 0-255
         self.bytes_written += len(data)
-        # Instructions (RS low) byte by byte; each run of text between them at once if it can be.
+        # Each run of bytes with one RS (instructions, or text) at once where it can be.
         rs, at = data.translate(_RS_OF), 0
         while at < len(data):
-            text = rs.find(1, at) % (len(data) + 1)  # -1 (none) is the end
-            self._write_bytes(data[at:text], byte_s)
-            at = rs.find(0, text) % (len(data) + 1)
-            if text < at and not self._text_run(data[text:at], byte_s):
-                self._write_bytes(data[text:at], byte_s)
+            end = rs.find(rs[at] ^ 1, at) % (len(data) + 1)  # -1 (none) is the end
+            if not self._clocked(data[at:end], rs[at], byte_s):
+                self._write_bytes(data[at:end], byte_s)
+            at = end
         self.now_s += self._bit_s  # the stop
 
     def _write_bytes(self, data: bytes, byte_s: float) -> None:
@@ -180,36 +198,42 @@ class SimCharLcd:
                     self._misuse("D4-D7 changed as E fell (no hold time)")
                 self._latch(before >> 4, before & RS)
 
-    def _text_run(self, data: bytes, byte_s: float) -> bool:
-        """Text at once: the byte that sets RS, then data bytes clocked the usual way (each
-        nibble with E high, then low) into DDRAM within a line, to the same effect as byte by
-        byte. False, and nothing done, for any other run of bytes with RS high."""
-        pairs = data[1:]
-        count = len(pairs) // 4
+    def _clocked(self, data: bytes, rs: int, byte_s: float) -> bool:
+        """Bytes with one RS, maybe the first setting it, then whole bytes clocked the usual way
+        (each nibble with E high, then low) into a module in step: instructions none of which
+        keeps it busy past the next, or text into DDRAM within a line. Carried out at once, to
+        the same effect as byte by byte; False, and nothing done, for any other bytes."""
+        decoded = _decoded(data)
+        if decoded is None:
+            return False
+        skip, values = decoded
+        count = len(values)
         if (
-            not count
-            or len(pairs) != 4 * count
-            or data[0] & (E | RW)
-            or self._port & E
+            self._port & E
+            or (not skip and (self._port ^ rs) & (RS | RW))  # as E rises
             or self._eight_bit
             or not self._set
-            or self._in_cgram
-            or self._step != 1
             or self._high is not None
             or self._bus_outpaces
-            or pairs[1::2].translate(_WITH_E) != pairs[0::2]
+            or self.now_s + (skip + 2) * byte_s < self._busy_until  # the first E fall
         ):
             return False
-        line_end = (self._ac & 0x40) + LINE_CELLS if self.two_lines else 2 * LINE_CELLS
-        if self.now_s + 3 * byte_s < self._busy_until or self._ac + count > line_end:
-            return False  # the byte-by-byte path says what is wrong, or wraps the address
-        nibbles = pairs[1::2].translate(_HIGH_NIBBLE)
-        highs = int.from_bytes(nibbles[0::2].translate(_SHIFTED), "big")
-        cells = (highs | int.from_bytes(nibbles[1::2], "big")).to_bytes(count, "big")
-        self.ddram[self._ac : self._ac + count] = cells
-        self._move(count)
-        self._busy_until = self.now_s + len(data) * byte_s + EXEC_S  # from the last E fall
-        self._busy_with = "a data write"
+        if rs:
+            line_end = (self._ac & 0x40) + LINE_CELLS if self.two_lines else 2 * LINE_CELLS
+            if self._in_cgram or self._step != 1 or self._ac + count > line_end:
+                return False
+            self.ddram[self._ac : self._ac + count] = values
+            self._move(count)
+            self._busy_until = self.now_s + len(data) * byte_s + EXEC_S  # from the last E fall
+            self._busy_with = "a data write"
+        else:
+            if any(0x01 <= value <= 0x03 for value in values[:-1]):
+                return False  # clear or home, then more: too soon
+            start_s = self.now_s
+            for i, value in enumerate(values):
+                self.now_s = start_s + (skip + 4 * i + 4) * byte_s  # its second E fall
+                self._instruction(value)
+            self.now_s = start_s
         self._port = data[-1]
         self.now_s += len(data) * byte_s
         return True
