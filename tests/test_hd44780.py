@@ -9,6 +9,7 @@ is a fault the kiosk records while it sells on, and is set up again once it answ
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import errno
 import logging
@@ -35,10 +36,14 @@ from drivers.hd44780 import (
     row_addresses,
 )
 from drivers.panel import LogDisplay
+from kiosk import commission_check
+from kiosk.commission_check import Result
 from kiosk.config import Config, DisplaySection
 from kiosk.machine import State
 from kiosk.texts import REASONS, TEXTS, count, text
+from sim import lcd as sim_lcd
 from sim.clock import SimClock
+from sim.commissioning import simulated
 from sim.lcd import UNKNOWN, LcdMisuse, SimCharLcd
 from sim.rig import SimKiosk
 from sim.world import World
@@ -319,14 +324,33 @@ def test_nearby_changes_are_one_write_and_distant_ones_two() -> None:
     assert lcd.screen[0].rstrip() == "ybxdefgy"
 
 
-def test_a_byte_at_a_time_bus_shows_the_same_screen() -> None:
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=24), st.text(max_size=24)), min_size=1, max_size=6))
+def test_a_byte_at_a_time_bus_shows_the_same_screen(screens: list[tuple[str, str]]) -> None:
+    """One I2C write a change, which the simulated module takes at once where it can, or a
+    write a byte, which it decodes byte by byte: the same module in the end."""
     fast, slow = SimCharLcd(), SimCharLcd()
     by_message, by_byte = Module(lcd=fast), Module(lcd=slow, bus=ByteBus(slow))
-    for lines in [("Crédit : 20 c", "Choisissez"), ("Merci !", "Prenez Cookie bio"), ("", "x")]:
+    for lines in screens:
         by_message.show(*lines)
         by_byte.show(*lines)
         assert (fast.ddram, fast.cgram, fast.history) == (slow.ddram, slow.cgram, slow.history)
+        assert fast.screen == slow.screen
     assert fast.errors == slow.errors == []
+
+
+def test_the_simulated_module_reads_its_glyphs_with_its_own_table() -> None:
+    """Not the driver's: a glyph the driver draws wrong must read as nothing known."""
+    tree = ast.parse(Path(sim_lcd.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not any(name.startswith("drivers") for name in imported)
 
 
 # --- geometry -------------------------------------------------------------------------------
@@ -490,3 +514,21 @@ def test_the_world_builds_the_module_the_profile_describes(config: Config) -> No
     four = dataclasses.replace(config, display=dataclasses.replace(config.display, rows=4))
     world = World(four, SimClock())
     assert world.lcd is not None and world.lcd.row_addresses == (0x00, 0x40, 0x14, 0x54)
+
+
+@pytest.mark.parametrize("plugged", [True, False])
+def test_hw_check_shows_its_pattern_on_the_simulated_module(config: Config, plugged: bool) -> None:
+    with simulated(config) as site:
+        assert site.world.lcd is not None
+        if not plugged:
+            site.world.lcd.unplug()
+        report = commission_check.check(site.setup, ["display"])
+        lcd = site.world.lcd
+        found = {row.check: row for row in report.rows}
+        if plugged:
+            assert [row.result for row in report.rows] == [Result.OK, Result.OK]
+            assert list(lcd.history)[: len(SET_UP)] == SET_UP and lcd.errors == []
+            assert lcd.screen[0].strip() == ""  # the pattern over, the display blank again
+        else:
+            assert found["pattern"].result is Result.FAILED
+            assert "the HD44780 at 0x27 on I2C bus 1 does not answer" in found["pattern"].detail
