@@ -1,4 +1,4 @@
-"""A character LCD (HD44780 or compatible, 16x2 to 20x4) behind a PCF8574 I2C backpack.
+"""A character LCD (HD44780 or compatible: 16x2, 20x2, 20x4, 40x2) behind a PCF8574 I2C backpack.
 
 The backpack's port drives the module in 4-bit mode: P0 RS, P1 RW, P2 E, P3 the backlight, P4-P7
 D4-D7. Each byte to the module is two nibbles, high first, each latched by a pulse on E (written

@@ -106,12 +106,15 @@ class LcdMisuse(RuntimeError):
 
 
 class SimCharLcd:
+    """The backpack at `address` and a `columns` x `rows` module behind it, on a bus clocked at
+    `bus_hz`."""
+
     def __init__(
         self, address: int = 0x27, columns: int = 20, rows: int = 2, bus_hz: float = BUS_HZ
     ) -> None:
         self.address = address
         self._bit_s = 1 / bus_hz
-        # A bus so fast that E could fall again before a write is done: no text at once.
+        # A bus so fast that E could fall again before a write is done: every byte in turn.
         self._bus_outpaces = 2 * 9 * self._bit_s < EXEC_S
         self.columns = columns
         # A 4-row module is a 2-line controller whose lines each run on over a second row.
@@ -227,7 +230,7 @@ class SimCharLcd:
             self._busy_until = self.now_s + len(data) * byte_s + EXEC_S  # from the last E fall
             self._busy_with = "a data write"
         else:
-            if any(0x01 <= value <= 0x03 for value in values[:-1]):
+            if count > 1 and any(0x01 <= value <= 0x03 for value in values[:-1]):
                 return False  # clear or home, then more: too soon
             start_s = self.now_s
             for i, value in enumerate(values):
