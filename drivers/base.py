@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import importlib
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -290,13 +291,35 @@ class Panel(ABC):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class I2cBus:
+    """An I2C bus handed to a device instead of the one it would open itself (the simulator's):
+    an SMBus-like object (`write_byte(address, value)` at least) and how to wait on that bus. A
+    simulated module keeps time of its own, so its waits cost nothing and are checked."""
+
+    smbus: Any
+    sleep: Callable[[float], None] = time.sleep
+
+
 class Display(ABC):
-    """A two-line text display; `lines` is what it shows now (what a shopper reads)."""
+    """A two-line text display; `lines` is what it shows now (what a shopper reads), each line
+    cut to the display's width.
+
+    A back-end is chosen by name from DISPLAY_DRIVERS; its constructor takes (settings, clock,
+    emit, i2c): the `[display]` section, the kiosk's clock and event sink, and an I2cBus to use
+    instead of the one it would open (None on a kiosk). A display that fails never stops the
+    kiosk: it reports a DeviceFault, which the kiosk records while it sells on.
+    """
 
     lines: tuple[str, str]
 
     @abstractmethod
-    def show(self, line1: str, line2: str = "") -> None: ...
+    def start(self) -> None:
+        """Begin driving the device; never waits on it (a DeviceReady or a DeviceFault tells)."""
+
+    @abstractmethod
+    def show(self, line1: str, line2: str = "") -> None:
+        """Show two lines from now on; never waits on the device."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -309,7 +332,7 @@ ACCEPTOR_DRIVERS: dict[str, tuple[str, str]] = {
 }
 DISPENSER_DRIVERS = {"spiral": "drivers.spiral:SpiralDispenser"}
 PANEL_DRIVERS = {"gpio": "drivers.panel:GpioPanel"}
-DISPLAY_DRIVERS = {"log": "drivers.panel:LogDisplay"}
+DISPLAY_DRIVERS = {"log": "drivers.panel:LogDisplay", "hd44780": "drivers.hd44780:Hd44780Display"}
 
 
 def _load(ref: str) -> Any:

@@ -3,7 +3,7 @@ the two-line text display.
 
 Buttons and the door only emit events; LEDs and the display are outputs the core sets. The display
 interface keeps its two lines so the demo screen and tests can read what a shopper would see; the
-"log" back-end writes each change to the log (a character LCD back-end is another Display).
+"log" back-end writes each change to the log (the character LCD is drivers/hd44780.py).
 """
 
 from __future__ import annotations
@@ -107,11 +107,16 @@ class GpioPanel(Panel):
 
 
 class LogDisplay(Display):
-    """A two-line display written to the log; lines longer than `columns` are cut."""
+    """A two-line display written to the log; lines longer than `display.columns` are cut."""
 
-    def __init__(self, columns: int = 20) -> None:
-        self.columns = columns
+    def __init__(
+        self, settings: Any, clock: Clock | None = None, emit: Emit | None = None, i2c: Any = None
+    ) -> None:
+        self.columns: int = settings.columns
         self.lines = ("", "")
+
+    def start(self) -> None:
+        """Nothing to set up: the log is always there."""
 
     def show(self, line1: str, line2: str = "") -> None:
         lines = (line1[: self.columns], line2[: self.columns])

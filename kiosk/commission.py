@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
+from drivers.base import I2cBus
 from drivers.clock import Clock
 from kiosk.config import Config
 from kiosk.errors import KioskError
@@ -57,12 +58,13 @@ class Technician(Protocol):
 @dataclass(frozen=True)
 class Setup:
     """What a commissioning command runs on: the profile, the clock, the pin factory (None:
-    gpiozero's default), and the technician."""
+    gpiozero's default), the technician, and the display's I2C bus (None: the profile's)."""
 
     config: Config
     clock: Clock
     pin_factory: Any
     technician: Technician
+    i2c: I2cBus | None = None
 
 
 def interactive(env: Mapping[str, str] | None = None) -> bool:

@@ -123,7 +123,7 @@ def check(setup: Setup, only: Collection[str] = CHECKS, timeout_s: float = 10.0)
         config, dispenser=dataclasses.replace(config.dispenser, retry_turns=0)
     )
     waiter = Waiter(setup.clock)
-    hardware = build_hardware(config, setup.clock, waiter.events.put, setup.pin_factory)
+    hardware = build_hardware(config, setup.clock, waiter.events.put, setup.pin_factory, setup.i2c)
     run = _Checks(config, hardware, waiter, setup.technician, timeout_s)
     steps = {
         "acceptor": run.acceptor,
@@ -232,16 +232,26 @@ class _Checks:
             f"and its columns 1-{columns}: look at it"
         )
         try:
+            display.start()
             display.show(FULL_BLOCK * columns, FULL_BLOCK * columns)
-            self.waiter.pause(PATTERN_S)
+            self._looked_at()
             self.add("display", "all cells", Result.OK, f"2 lines of {columns} cells lit")
             display.show(ruler(1, columns), ruler(2, columns))
-            self.waiter.pause(PATTERN_S)
+            self._looked_at()
             said = f"line 1: {ruler(1, columns)}, line 2: {ruler(2, columns)}"
             self.add("display", "line numbers", Result.OK, said)
             display.show("", "")
         except DeviceError as err:
             self.add("display", "pattern", Result.FAILED, str(err))
+
+    def _looked_at(self) -> None:
+        """PATTERN_S for the technician to look at the display; a fault it reports meanwhile
+        (a module on I2C that does not answer) is the pattern's failure."""
+        fault = self.waiter.wait_for(
+            lambda e: isinstance(e, DeviceFault) and e.device == "display" and e.active, PATTERN_S
+        )
+        if fault is not None:
+            raise DeviceError(fault.detail)
 
     def leds(self) -> None:
         panel = self.hw.panel

@@ -75,10 +75,27 @@ class LedgerSection:
 
 @dataclass(frozen=True)
 class DisplaySection:
-    # Back-ends by name (drivers.base registries): a character LCD is one more name.
+    # Back-ends by name (drivers.base registries): "log" writes the lines to the log, "hd44780"
+    # drives a character LCD behind a PCF8574 I2C backpack (i2c_bus, address, rows are its).
     driver: str = field(default="log", metadata={"choices": tuple(DISPLAY_DRIVERS)})
     columns: int = field(default=20, metadata={"min": 16, "max": 40})
+    rows: int = field(default=2, metadata={"choices": (1, 2, 4)})
+    i2c_bus: int = field(default=1, metadata={"min": 0, "max": 255})  # /dev/i2c-1: GPIO2 and 3
+    # PCF8574 backpacks answer at 0x20-0x27 (0x27 with no jumper), PCF8574A ones at 0x38-0x3F.
+    address: int = 0x27
     message_s: float = field(default=3.0, metadata={"min": 0.5, "max": 30.0})
+
+    def __post_init__(self) -> None:
+        if not 0x03 <= self.address <= 0x77:
+            raise ValueError(
+                "address: must be a 7-bit I2C device address, 0x03 to 0x77 "
+                f"(got {self.address:#04x})"
+            )
+        if self.columns * self.rows > 80:  # the controller's display memory
+            raise ValueError(
+                f"rows: {self.rows} rows of {self.columns} columns are more than an HD44780 "
+                "holds (80 characters)"
+            )
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Builds the kiosk's devices from its configuration: coin acceptor, dispenser, panel and display,
 each back-end chosen by name from the drivers' registries, all on one pin factory (gpiozero's on
-a Pi; the simulator passes its own)."""
+a Pi; the simulator passes its own) and, for a display on I2C, the bus the profile names (the
+simulator passes its own bus instead)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from drivers.base import (
     CoinAcceptor,
     Dispenser,
     Display,
+    I2cBus,
     Panel,
     acceptor_class,
     best_effort,
@@ -34,6 +36,7 @@ class Hardware:
     def start(self) -> None:
         """Devices begin; each reports DeviceReady (or a fault) on its own, the caller waits on
         none of them."""
+        self.display.start()
         self.dispenser.start()
         self.acceptor.start()
 
@@ -47,7 +50,9 @@ class Hardware:
         best_effort("display close", self.display.close)
 
 
-def build_hardware(config: Config, clock: Clock, emit: Emit, pin_factory: Any = None) -> Hardware:
+def build_hardware(
+    config: Config, clock: Clock, emit: Emit, pin_factory: Any = None, i2c: I2cBus | None = None
+) -> Hardware:
     acceptor = acceptor_class(config.coin_acceptor.driver)(
         config.coin_acceptor.settings,
         config.kiosk.accepted_coins_cents,
@@ -77,9 +82,12 @@ def build_hardware(config: Config, clock: Clock, emit: Emit, pin_factory: Any = 
             emit,
             pin_factory,
         )
+        opened.append(panel)
+        display = device_class(DISPLAY_DRIVERS, config.display.driver)(
+            config.display, clock, emit, i2c
+        )
     except BaseException:
         for device in opened:
             best_effort(f"closing {device!r}", device.close)
         raise
-    display = device_class(DISPLAY_DRIVERS, config.display.driver)(config.display.columns)
     return Hardware(acceptor, dispenser, panel, display)

@@ -24,7 +24,9 @@ STORAGE_RETRY_S = 1.0
 RETRY = "storage_retry"
 ACCEPTOR = "coin_acceptor"
 STORAGE = ("kiosk", "storage")
-ADVISORY = frozenset({"telemetry"})  # devices whose faults do not stop the kiosk selling
+# Devices whose faults do not stop the kiosk selling: coins are still counted and kept, whatever
+# the city's link or the shopper's screen does.
+ADVISORY = frozenset({"telemetry", "display"})
 
 
 class Safety:

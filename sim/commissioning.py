@@ -116,7 +116,8 @@ class SimSite:
     setup: Setup = field(init=False)
 
     def __post_init__(self) -> None:
-        self.setup = Setup(self.world.config, self.clock, self.world.factory, self.technician)
+        world = self.world
+        self.setup = Setup(world.config, self.clock, world.factory, self.technician, world.i2c)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 Interactive keys: 1 2 5 insert a coin, a b c ... press a slot button, x cancel, d open or close
 the door, j then a slot key jams that slot (any other key cancels the j), q quit; with a ccTalk
 acceptor also s (silence it or wake it) and r (power-cycle it). Simulated time follows the wall
-clock.
+clock. The display is what the simulated character LCD holds (sim.lcd), as its driver wrote it.
 
 The demo answers the technician's commands as a daemon does (`kiosk status --db LEDGER` from
 another terminal, the path shown at the bottom). Without --db the ledger is temporary, on a
@@ -285,15 +285,17 @@ class Screen:
     def draw(self, screen: Any) -> None:
         rig, ctl = self.rig, self.rig.controller
         screen.erase()
-        line1, line2 = rig.display
+        # What the simulated module shows, read from its memory; else the lines the kiosk set.
+        lcd = rig.world.lcd
+        shown = list(rig.display) if lcd is None else lcd.screen
         width = rig.config.display.columns
         rows = [
             f"Centimeo {rig.config.kiosk.id}   simulated {rig.clock.now:7.1f} s   "
-            f"coin acceptor: {rig.config.coin_acceptor.driver}",
+            f"coin acceptor: {rig.config.coin_acceptor.driver}   "
+            f"display: {rig.config.display.driver}",
             "+" + "-" * (width + 2) + "+",
-            f"| {line1:<{width}} |",
-            f"| {line2:<{width}} |",
-            "+" + "-" * (width + 2) + "+",
+            *(f"| {row:<{width}} |" for row in shown),
+            "+" + "-" * (width + 2) + "+" + ("" if lcd is None or lcd.backlight else " (dark)"),
             f"state {ctl.state}   credit {ctl.credit_cents} c   "
             f"coins {'enabled' if rig.hardware.acceptor.is_accepting else 'inhibited'}",
             "",

@@ -39,7 +39,7 @@ class SimKiosk:
         self.config = config = self.world.config  # with the simulated serial port, if any
         self.events: queue.Queue[Any] = queue.Queue()
         self.hardware: Hardware = build_hardware(
-            config, self.clock, self.events.put, self.world.factory
+            config, self.clock, self.events.put, self.world.factory, self.world.i2c
         )
         self.ledger = Ledger(self.db_path, self.clock.wall)
         self.controller = Controller(config, self.ledger, self.hardware, self.clock, self.events)

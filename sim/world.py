@@ -4,8 +4,9 @@ A pulse coin acceptor that validates coins and sends pulse trains (honouring its
 spiral motors that turn their cam switch after a revolution and drop a product while stock
 remains, a drop sensor, buttons and a door. Fault knobs: jam a slot, an empty spiral (turns,
 nothing drops), a product that hangs for one turn, a stuck drop sensor, noise on the coin line,
-coin bursts. The world keeps ground truth (coins that went into the cash box, products that fell)
-to compare with the ledger.
+coin bursts. A character LCD on a simulated I2C bus (sim.lcd), when the profile has one. The
+world keeps ground truth (coins that went into the cash box, products that fell) to compare with
+the ledger.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from typing import Any
 
 from gpiozero.pins.mock import MockFactory, MockPin
 
+from drivers.base import I2cBus
 from drivers.cctalk import CcTalkSettings
 from drivers.cctalk_codec import Checksum
 from drivers.pulse import PulseSettings
 from kiosk.config import Config
 from sim.cctalk_device import SimCcTalkAcceptor
 from sim.clock import SimClock, Timer
+from sim.lcd import SimCharLcd
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +306,15 @@ class World:
         if config.panel.door_pin is not None:
             self.door = self.factory.gpio(config.panel.door_pin)
             self.door.drive(False)  # closed: the door holds its switch down
+        self.lcd: SimCharLcd | None = None
+        if config.display.driver == "hd44780":
+            display = config.display
+            self.lcd = SimCharLcd(display.address, display.columns, display.rows)
+
+    @property
+    def i2c(self) -> I2cBus | None:
+        """The bus the kiosk's display is on, if it is an I2C one: the simulated module's."""
+        return None if self.lcd is None else I2cBus(self.lcd, self.lcd.sleep)
 
     # --- shoppers ---------------------------------------------------------------------------
 

@@ -485,11 +485,11 @@ def test_without_any_profile_the_error_names_where_it_looked(tmp_path: Path) -> 
 def test_device_back_ends_are_chosen_by_name() -> None:
     config = config_mod.load(config_mod.DEFAULT_PROFILE, env={})
     assert (config.display.driver, config.panel.driver, config.dispenser.driver) == (
-        "log",
+        "hd44780",
         "gpio",
         "spiral",
     )
-    with pytest.raises(ConfigError, match=r"display\.driver: must be one of log"):
+    with pytest.raises(ConfigError, match=r"display\.driver: must be one of log, hd44780"):
         config_mod.load(config_mod.DEFAULT_PROFILE, env={"KIOSK_DISPLAY_DRIVER": "lcd"})
 
 
@@ -645,3 +645,43 @@ def test_an_include_cycle_is_named_with_its_files(tmp_path: Path) -> None:
     assert load_error(a) == (
         f"{b}: include: ../a.toml includes itself ({a} -> {b} -> {tmp_path / 'sub' / '../a.toml'})"
     )
+
+
+def test_the_character_display_keys_and_their_defaults(tmp_path: Path) -> None:
+    display = config_mod.load(SIM, env={}).display
+    assert (display.driver, display.i2c_bus, display.address) == ("hd44780", 1, 0x27)
+    assert (display.columns, display.rows) == (20, 2)
+    data = edited(SIM_DATA, "display", {"driver": "log"})
+    assert config_mod.load(write_profile(tmp_path, data), env={}).display == (
+        config_mod.DisplaySection(driver="log", columns=20, rows=2, i2c_bus=1, address=0x27)
+    )
+    four = config_mod.load(SIM, env={"KIOSK_DISPLAY_ROWS": "4", "KIOSK_DISPLAY_ADDRESS": "0x3F"})
+    assert (four.display.rows, four.display.address) == (4, 0x3F)
+
+
+@pytest.mark.parametrize(
+    ("keys", "named", "reason"),
+    [
+        ({"rows": 3}, "rows", "must be one of 1, 2, 4 (got 3)"),
+        ({"rows": "2"}, "rows", "must be an integer"),
+        ({"columns": 8}, "columns", "must be at least 16"),
+        ({"columns": 40, "rows": 4}, "rows", "4 rows of 40 columns are more than an HD44780"),
+        ({"columns": 24, "rows": 4}, "rows", "(80 characters)"),
+        ({"address": 0x78}, "address", "0x03 to 0x77 (got 0x78)"),
+        ({"address": 2}, "address", "7-bit I2C device address"),
+        ({"address": "0x27"}, "address", "must be an integer"),
+        ({"address": True}, "address", "must be an integer"),
+        ({"i2c_bus": -1}, "i2c_bus", "must be at least 0"),
+        ({"i2c_bus": 1.5}, "i2c_bus", "must be an integer"),
+        ({"backlight": False}, "backlight", "unknown key"),
+    ],
+)
+def test_a_bad_display_key_is_named(
+    tmp_path: Path, keys: dict[str, Any], named: str, reason: str
+) -> None:
+    data = copy.deepcopy(SIM_DATA)
+    data["display"].update(keys)
+    path = write_profile(tmp_path, data)
+    message = load_error(path)
+    assert message.startswith(f"{path}: display.{named}: ")
+    assert reason in message

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import with_changes
 
+from drivers.base import I2cBus
 from drivers.clock import SystemClock
 from kiosk import config as config_mod
 from kiosk.core import Controller
@@ -22,6 +23,7 @@ from kiosk.hardware import build_hardware
 from kiosk.ledger import Ledger
 from kiosk.machine import State
 from sim.cctalk_device import SimCcTalkAcceptor
+from sim.lcd import SimCharLcd
 from sim.world import SimFactory
 
 MAX_RUN_S = 0.5
@@ -39,6 +41,7 @@ class Daemon:
         config = with_changes(config, dispenser={"max_run_s": MAX_RUN_S})
         self.config = config.with_acceptor(port=self.device.path, reply_timeout_ms=50, retries=1)
         self.factory = SimFactory()
+        self.lcd = SimCharLcd()  # the profile's display, on a bus of its own
         self.motor_runs: list[list[float]] = []
         self.factory.listen(self.config.slot(2).motor_pin, self._motor)
         for pin in (self.config.slot(2).home_pin, self.config.slot(2).button_pin):
@@ -67,7 +70,8 @@ class Daemon:
         """The core thread: it owns the ledger's connection, as in the daemon."""
         clock = SystemClock()
         ledger = Ledger(self.db_path, clock.wall)
-        hardware = build_hardware(self.config, clock, self.events.put, self.factory)
+        i2c = I2cBus(self.lcd, self.lcd.sleep)
+        hardware = build_hardware(self.config, clock, self.events.put, self.factory, i2c)
         self.controller = Controller(self.config, ledger, hardware, clock, self.events)
         self.started.set()
         try:
