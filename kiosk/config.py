@@ -487,6 +487,8 @@ def _check_whole(config: Config, src: _Source) -> None:
             f"{', '.join(f'{c} c' for c in unknown)} not among kiosk.accepted_coins_cents"
         )
     owners: dict[int, str] = {}
+    if config.display.driver == "hd44780" and config.display.i2c_bus == 1:
+        owners |= {2: "display.i2c_bus", 3: "display.i2c_bus"}  # the Pi's bus 1: SDA, SCL
     for key, pin in _pins(config):
         if pin in owners:
             raise ConfigError(

@@ -252,6 +252,7 @@ def test_an_unknown_section_and_a_slot_that_is_no_table_are_named(tmp_path: Path
         ("panel.door_pin", 17, "panel.door_pin", "coin_acceptor.coin_pin"),
         ("slots[2].motor_pin", 6, "slots[0].home_pin", "slots[2].motor_pin"),
         ("coin_acceptor.inhibit_pin", 4, "dispenser.drop_pin", "coin_acceptor.inhibit_pin"),
+        ("slots[1].led_pin", 3, "display.i2c_bus", "slots[1].led_pin"),  # the LCD's SCL
     ],
 )
 def test_a_pin_used_twice_names_both_keys(
@@ -259,6 +260,15 @@ def test_a_pin_used_twice_names_both_keys(
 ) -> None:
     path = write_variant(tmp_path, dotted, pin)
     assert load_error(path) == f"{path}: {second}: GPIO{pin} is already used by {first}"
+
+
+def test_the_lcd_takes_gpio2_and_3_only_on_the_pis_i2c_bus_1(tmp_path: Path) -> None:
+    path = write_variant(tmp_path, "slots[0].led_pin", 2)
+    assert load_error(path) == f"{path}: slots[0].led_pin: GPIO2 is already used by display.i2c_bus"
+    data = edited(edited(SIM_DATA, "slots[0].led_pin", 2), "display.i2c_bus", 0)
+    assert config_mod.load(write_profile(tmp_path, data), env={}).slots[0].led_pin == 2
+    data = edited(edited(SIM_DATA, "slots[0].led_pin", 2), "display.driver", "log")
+    assert config_mod.load(write_profile(tmp_path, data), env={}).slots[0].led_pin == 2
 
 
 def test_keep_policy_needs_no_beneficiary(tmp_path: Path) -> None:
