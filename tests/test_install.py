@@ -14,10 +14,12 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -237,9 +239,16 @@ def test_a_first_install_needs_a_profile(tmp_path: Path) -> None:
 
 
 def test_without_root_and_without_a_root_directory_it_refuses() -> None:
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    as_user = nobody if os.getuid() == 0 else []  # CI runs as root: try it as nobody
-    result = command(*as_user, SCRIPT, "--profile", "pulse")
+    if os.getuid() != 0:
+        result = command(SCRIPT, "--profile", "pulse")
+    else:  # CI runs as root: try it as nobody, on a copy nobody can read wherever the clone is
+        with tempfile.TemporaryDirectory(dir="/tmp") as name:
+            staged = Path(name)
+            staged.chmod(0o755)
+            shutil.copy2(SCRIPT, staged / SCRIPT.name)
+            shutil.copytree(ROOT / "config", staged / "config")
+            nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            result = command(*nobody, staged / SCRIPT.name, "--profile", "pulse")
     assert result.returncode == 1 and "install.sh: error: run as root" in result.stderr
 
 
