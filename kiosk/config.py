@@ -49,6 +49,8 @@ COMMAND_LINE = "command line"
 LANGUAGES = ("fr", "en")
 LEFTOVER_POLICIES = ("keep", "donate")
 ID = re.compile(r"[A-Za-z0-9_-]+")
+HAT_EEPROM_PINS = (0, 1)  # the Pi's ID_SD and ID_SC: the bus a HAT's EEPROM is read on at boot
+PL011_PORTS = ("/dev/ttyAMA0", "/dev/serial0")  # the UART on GPIO14 (TXD) and GPIO15 (RXD)
 TOPIC = re.compile(r"[^/#+\x00]+(/[^/#+\x00]+)*")
 
 
@@ -486,9 +488,17 @@ def _check_whole(config: Config, src: _Source) -> None:
             f"{src.of('impact.mint_cost_cents')}: impact.mint_cost_cents: "
             f"{', '.join(f'{c} c' for c in unknown)} not among kiosk.accepted_coins_cents"
         )
+    for key, pin in _pins(config):
+        if pin in HAT_EEPROM_PINS:
+            raise ConfigError(
+                f"{src.of(key)}: {key}: GPIO{pin} is the HAT ID EEPROM's bus (GPIO0 and GPIO1): "
+                "leave it free"
+            )
     owners: dict[int, str] = {}
     if config.display.driver == "hd44780" and config.display.i2c_bus == 1:
         owners |= {2: "display.i2c_bus", 3: "display.i2c_bus"}  # the Pi's bus 1: SDA, SCL
+    if getattr(config.coin_acceptor.settings, "port", None) in PL011_PORTS:
+        owners |= {14: "coin_acceptor.port", 15: "coin_acceptor.port"}  # the UART's TXD, RXD
     for key, pin in _pins(config):
         if pin in owners:
             raise ConfigError(

@@ -644,6 +644,6 @@ def test_a_check_runs_on_whatever_clock_pins_and_technician_it_is_given(
         factory.reset()
     assert report.ok
     assert listener.told == [
-        f"slot {s} LED (GPIO{p}): 3 blinks" for s, p in ((1, 19), (2, 18), (3, 25))
+        f"slot {s.id} LED (GPIO{s.led_pin}): 3 blinks" for s in pulse_config.slots
     ]
     assert clock.now == pytest.approx(3 * 2 * hw.BLINKS * hw.BLINK_S)

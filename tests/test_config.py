@@ -271,6 +271,24 @@ def test_the_lcd_takes_gpio2_and_3_only_on_the_pis_i2c_bus_1(tmp_path: Path) -> 
     assert config_mod.load(write_profile(tmp_path, data), env={}).slots[0].led_pin == 2
 
 
+def test_the_uart_pins_are_the_cctalk_lines_on_the_pl011_and_gpio0_1_stay_free(
+    tmp_path: Path,
+) -> None:
+    uart = edited(CCTALK_DATA, "coin_acceptor.port", "/dev/ttyAMA0")
+    path = write_profile(tmp_path, edited(uart, "panel.cancel_pin", 14))
+    assert (
+        load_error(path)
+        == f"{path}: panel.cancel_pin: GPIO14 is already used by coin_acceptor.port"
+    )
+    usb = edited(CCTALK_DATA, "panel.cancel_pin", 14)  # a USB interface leaves GPIO14 free
+    assert config_mod.load(write_profile(tmp_path, usb), env={}).panel.cancel_pin == 14
+    path = write_profile(tmp_path, edited(CCTALK_DATA, "panel.cancel_pin", 0))
+    assert load_error(path) == (
+        f"{path}: panel.cancel_pin: GPIO0 is the HAT ID EEPROM's bus (GPIO0 and GPIO1): "
+        "leave it free"
+    )
+
+
 def test_keep_policy_needs_no_beneficiary(tmp_path: Path) -> None:
     data = edited(edited(SIM_DATA, "credit.beneficiary", DELETE), "credit.leftover", "keep")
     assert config_mod.load(write_profile(tmp_path, data), env={}).credit.beneficiary == ""
@@ -321,7 +339,7 @@ def test_an_error_from_the_environment_names_the_variable() -> None:
     [
         (
             {"KIOSK_PANEL_CANCEL_PIN": "5"},
-            "KIOSK_PANEL_CANCEL_PIN: slots[0].motor_pin: GPIO5 is already used by panel.cancel_pin",
+            "KIOSK_PANEL_CANCEL_PIN: slots[0].led_pin: GPIO5 is already used by panel.cancel_pin",
         ),
         (
             {"KIOSK_COIN_ACCEPTOR_DRIVER": "cctalk"},
